@@ -1,0 +1,251 @@
+"""The ``supermerger`` command line.
+
+    supermerger merge --model-a A.safetensors --model-b B.safetensors --alpha 0.3 --output out.safetensors
+    supermerger merge --recipe-from out.safetensors --output replay.safetensors
+    supermerger presets | blocks | calcmodes
+
+Errors print one paragraph and exit with status 2 (bad input) or 1 (other problems); only bugs
+show a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+from .errors import SuperMergerError
+
+EXAMPLES = textwrap.dedent("""\
+    examples:
+      supermerger merge -a A.safetensors -b B.safetensors --alpha 0.3 -o AB.safetensors
+      supermerger merge -a A.safetensors -b B.safetensors -c C.safetensors --mode "Add difference" --alpha 1 -o out.safetensors
+      supermerger merge -a A.safetensors -b B.safetensors --mbw-alpha GRAD_V -o out.safetensors
+      supermerger merge -a A.safetensors -b B.safetensors --mbw-alpha "0,1,1,1,1,1,1,1,1,1,1,1,1,0.5,0,0,0,0,0,0,0,0,0,0,0,0" -o out.safetensors
+      supermerger merge -a A.safetensors -b B.safetensors --elemental "OUT03 OUT04:attn2 attn1.to_out:0.5" --dry-run
+      supermerger merge --recipe recipe.json --explain --dry-run
+      supermerger merge --recipe-from merged.safetensors -o replayed.safetensors
+      supermerger merge            (no models: merges two built-in tiny demo models)
+    """)
+
+
+def _add_merge_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("models")
+    g.add_argument("-a", "--model-a", help="model A (.safetensors or .ckpt); the base, whose dtypes are kept")
+    g.add_argument("-b", "--model-b", help="model B")
+    g.add_argument("-c", "--model-c", help="model C (Add difference, Triple sum, sum Twice); defaults to A")
+    g = p.add_argument_group("how to merge")
+    g.add_argument("-m", "--mode", help='weight_sum (default), add_difference, triple_sum, sum_twice, or the '
+                   'original labels "Weight sum", "Add difference", "Triple sum", "sum Twice"')
+    g.add_argument("--calcmode", help="calculation mode (see `supermerger calcmodes`); default normal")
+    g.add_argument("--alpha", type=float, help="alpha ratio (default 0.5)")
+    g.add_argument("--beta", type=float, help="beta ratio for Triple sum / sum Twice (default 0.25)")
+    g.add_argument("--gamma", type=float, help="gamma for calcmodes that use it (default 0.3)")
+    g.add_argument("--mbw-alpha", metavar="WEIGHTS", help="block weights for alpha: 26 values (SD1/SD2), 20 (SDXL; "
+                   "26 are converted) or a preset name (see `supermerger presets`); BASE first")
+    g.add_argument("--mbw-beta", metavar="WEIGHTS", help="block weights for beta, same form")
+    g.add_argument("--elemental", metavar="TEXT", help='elemental merge: "BLOCKS:ELEMENTS:RATIO,..." e.g. '
+                   '"OUT03 OUT04:attn2 attn1.to_out:0.5"; or @FILE to read it from a file')
+    g.add_argument("--include", metavar="LIST", help='merge only these blocks / key substrings, e.g. "IN04 OUT05 attn2"')
+    g.add_argument("--exclude", metavar="LIST", help='keep these blocks / key substrings from A, e.g. "BASE VAE"')
+    g.add_argument("--adjust", metavar="8 VALUES", help="IN,OUT,OUT2,CONT,BRI,COL1,COL2,COL3 detail/colour tweak")
+    g.add_argument("--seed", type=int, help="seed for random ratios")
+    g.add_argument("--device", help="cpu (default) or cuda")
+    g = p.add_argument_group("output")
+    g.add_argument("-o", "--output", help="output file (.safetensors or .ckpt); default: a name built from the merge, "
+                   "in the current folder")
+    g.add_argument("--dtype", choices=("fp16", "bf16", "fp32", "keep"), help="cast float tensors (default keep A's)")
+    g.add_argument("--prune", action="store_true", default=None, help="keep only U-Net, text encoder and VAE keys")
+    g.add_argument("--reset-clip-ids", action="store_true", default=None, help="rewrite CLIP position_ids as 0..76")
+    g.add_argument("--bake-vae", metavar="VAE", help="replace the merged VAE by this VAE file")
+    g.add_argument("--overwrite", action="store_true", default=None, help="replace an existing output file")
+    g = p.add_argument_group("recipes and checks")
+    g.add_argument("--recipe", metavar="R.json", help="read the recipe from a JSON file; other options override it")
+    g.add_argument("--recipe-from", metavar="MERGED", help="replay the recipe stored in a merged .safetensors")
+    g.add_argument("--save-recipe", metavar="R.json", help="write the effective recipe as JSON")
+    g.add_argument("--dry-run", action="store_true", help="validate and print the plan; read no tensor, write nothing")
+    g.add_argument("--explain", action="store_true", help="print the ratio and rule that apply to every key")
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="supermerger",
+        description="SuperMerger: merge Stable Diffusion checkpoints (SD1.x, SD2.x, SDXL) with block weights, "
+                    "elemental merge and calculation modes, streaming with little memory.",
+        epilog="Run `supermerger merge --help` for every merge option.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    m = sub.add_parser("merge", help="merge two or three checkpoints into a file", epilog=EXAMPLES,
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Merge checkpoints. Without any model, merges two built-in tiny demo models.")
+    _add_merge_args(m)
+    sub.add_parser("presets", help="list the MBW weight presets (master and user file)")
+    b = sub.add_parser("blocks", help="list the block IDs of an architecture, or of a model file's keys")
+    b.add_argument("model", nargs="?", help="a checkpoint: list its keys with their block")
+    b.add_argument("--arch", default=None, help="sd1, sd2 or sdxl")
+    sub.add_parser("calcmodes", help="list the calculation modes")
+    return parser
+
+
+def _recipe_from_args(args) -> "Recipe":
+    from .api import recipe_from_file
+    from .merge.recipe import Recipe
+
+    if args.recipe and args.recipe_from:
+        raise SuperMergerError("Give either --recipe or --recipe-from, not both.")
+    recipe = Recipe.load(args.recipe) if args.recipe else recipe_from_file(args.recipe_from) if args.recipe_from \
+        else Recipe()
+    mapping = {"model_a": "model_a", "model_b": "model_b", "model_c": "model_c", "mode": "mode",
+               "calcmode": "calcmode", "alpha": "alpha", "beta": "beta", "gamma": "gamma", "mbw_alpha": "mbw_alpha",
+               "mbw_beta": "mbw_beta", "elemental": "elemental", "include": "include", "exclude": "exclude",
+               "adjust": "adjust", "dtype": "dtype", "prune": "prune", "reset_clip_ids": "reset_clip_ids",
+               "bake_vae": "bake_vae", "output": "output", "overwrite": "overwrite", "seed": "seed",
+               "device": "device"}
+    changes = {}
+    for attr, field in mapping.items():
+        value = getattr(args, attr)
+        if value is not None:
+            changes[field] = value
+    if isinstance(changes.get("elemental"), str) and changes["elemental"].startswith("@"):
+        path = Path(changes["elemental"][1:])
+        try:
+            changes["elemental"] = path.read_text(encoding="utf-8")
+        except OSError as e:
+            raise SuperMergerError(f"Cannot read elemental file {str(path)!r}: {e.strerror or e}.") from None
+    if "include" in changes and recipe.exclude:
+        changes["exclude"] = None
+    if "exclude" in changes and recipe.include:
+        changes["include"] = None
+    recipe = recipe.replace(**changes)
+    recipe.check_types("options")
+    return recipe
+
+
+def _demo_models() -> tuple[str, str]:
+    from .paths import data_dir
+    from .testing.synthetic import write_checkpoint
+
+    folder = data_dir() / "demo"
+    folder.mkdir(parents=True, exist_ok=True)
+    a, b = folder / "demoA.safetensors", folder / "demoB.safetensors"
+    if not a.exists():
+        write_checkpoint(a, "sd1", seed=1)
+    if not b.exists():
+        write_checkpoint(b, "sd1", seed=2)
+    return str(a), str(b)
+
+
+def cmd_merge(args) -> int:
+    from .api import merge, plan_merge
+
+    recipe = _recipe_from_args(args)
+    if not recipe.model_a and not recipe.model_b and not args.recipe and not args.recipe_from:
+        a, b = _demo_models()
+        recipe = recipe.replace(model_a=a, model_b=b)
+        print(f"No models given: merging the built-in demo models (tiny synthetic SD1 checkpoints)\n  {a}\n  {b}")
+    plan = plan_merge(recipe)
+    for line in plan.summary_lines():
+        print(line)
+    if args.explain:
+        print()
+        for line in plan.explain_lines():
+            print(line)
+    if args.save_recipe:
+        from .io.atomic import atomic_write_text
+
+        atomic_write_text(args.save_recipe, recipe.to_json())
+        print(f"recipe saved : {args.save_recipe}")
+    if args.dry_run:
+        print("dry run: nothing was read or written.")
+        return 0
+    for s in plan.sources.values():
+        s.close()
+    output = recipe.output
+    if output is None:
+        from .merge.naming import default_filename
+
+        output = default_filename(plan.name, variant=plan.variant, fp16=recipe.dtype == "fp16")
+        print(f"output       : {output} (use --output to choose)")
+    progress = None if args.quiet else _progress_bar()
+    try:
+        result = merge(recipe, output=output, progress=progress)
+    finally:
+        if progress is not None:
+            progress.close()
+    for n in result.notices:
+        if n not in plan.notices:
+            print(f"notice: {n}")
+    print(f"Merged model saved in {result.path} ({result.seconds:.1f} s)")
+    return 0
+
+
+class _progress_bar:
+    def __init__(self):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=0, unit="B", unit_scale=True, unit_divisor=1024, desc="merging", file=sys.stderr,
+                        dynamic_ncols=True)
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar.total != total:
+            self.bar.total = total
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def cmd_presets(args) -> int:
+    from .arch.presets import load_presets, user_presets_path
+
+    for name, weights in load_presets().items():
+        n = len(weights.split(","))
+        print(f"{name:<28} ({n:2d}) {weights}")
+    print(f"\nuser presets file: {user_presets_path()} (same format: NAME<TAB>w1,w2,...)")
+    return 0
+
+
+def cmd_blocks(args) -> int:
+    from . import arch as archmod
+
+    if args.model:
+        from .io.sources import open_model
+
+        with open_model(args.model) as src:
+            a = archmod.detect(src.tensors, {k: v.shape for k, v in src.tensors.items()}, args.model)
+            print(f"{args.model}: {a.label}")
+            for key, info in src.tensors.items():
+                print(f"{a.block_of(key):<6} {key:<90} {list(info.shape)} {info.dtype}")
+        return 0
+    archs = [archmod.get(args.arch)] if args.arch else list(archmod.architectures().values())
+    for a in archs:
+        print(f"{a.id:<5} {a.label:<7} {a.n_blocks} blocks: {' '.join(a.blocks)}")
+    return 0
+
+
+def cmd_calcmodes(args) -> int:
+    from .merge.calcmodes import CALCMODES
+
+    for cm in CALCMODES.values():
+        print(f"{cm.id:<16} {cm.summary}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    handler = {"merge": cmd_merge, "presets": cmd_presets, "blocks": cmd_blocks, "calcmodes": cmd_calcmodes}[args.command]
+    try:
+        return handler(args)
+    except SuperMergerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: nothing was written.", file=sys.stderr)
+        return 130

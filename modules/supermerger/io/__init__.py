@@ -1,0 +1,1 @@
+"""Reading and writing checkpoints: safetensors streaming, weights-only .ckpt, atomic writes."""

@@ -1,0 +1,77 @@
+"""Atomic file writes: data goes to a temporary file in the target folder, then is renamed.
+
+A kill or a full disk mid-write leaves the target untouched (or absent) and no partial file
+under its name; the temporary file is removed on any error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import IO, Iterator
+
+from ..errors import OutputError
+
+
+def check_output_path(path: str | os.PathLike, overwrite: bool) -> Path:
+    """Refuse an existing output (unless ``overwrite``) or a missing folder, before any work."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise OutputError(f"Output file {str(path)!r} already exists and was not overwritten.",
+                          "Choose another name, or pass --overwrite (overwrite=True) to replace it.")
+    if path.is_dir():
+        raise OutputError(f"Output path {str(path)!r} is a folder; give a file name such as merged.safetensors.")
+    if not path.parent.is_dir():
+        raise OutputError(f"Output folder {str(path.parent)!r} does not exist.", "Create it first, or choose another path.")
+    return path
+
+
+def check_free_space(path: str | os.PathLike, needed: int) -> None:
+    import shutil
+
+    folder = Path(path).parent
+    free = shutil.disk_usage(folder).free
+    if needed > free:
+        raise OutputError(
+            f"Not enough free disk space in {str(folder)!r}: the output needs {needed / 2**30:.2f} GiB, "
+            f"{free / 2**30:.2f} GiB are free.", "Free some space or write to another disk.")
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, overwrite: bool = False, fsync: bool = False) -> Iterator[IO[bytes]]:
+    """Open a temporary binary file beside ``path``; on success rename it over ``path``."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb", buffering=0) as f:
+            yield f
+            if fsync:
+                os.fsync(f.fileno())
+        if not overwrite and path.exists():
+            raise OutputError(f"Output file {str(path)!r} appeared while merging and was not overwritten.")
+        os.replace(tmp, path)
+    except OSError as e:
+        _remove_quietly(tmp)
+        import errno
+
+        if e.errno == errno.ENOSPC:
+            raise OutputError(f"The disk filled up while writing {str(path)!r}; nothing was written.",
+                              "Free some space or write to another disk.") from None
+        raise OutputError(f"Could not write {str(path)!r}: {e.strerror or e}.") from None
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_open(path, overwrite=True, fsync=True) as f:
+        f.write(text.encode("utf-8"))
+
+
+def _remove_quietly(p: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(p)

@@ -1,0 +1,200 @@
+"""Tensor sources: where the executor gets input tensors from.
+
+``open_model`` gives a SafetensorsSource (header parsed, tensors read on demand with plain
+``readinto`` calls, never the whole file) or, for ``.ckpt``/``.pt``, a DictSource over a
+``torch.load(weights_only=True)`` result. A DictSource also wraps any in-memory state dict
+(a host's cache, a library caller's dict).
+
+Every source exposes the same small surface: ``tensors`` (name -> TensorInfo), ``metadata``,
+``chunk(key, start, count, buf)`` (a flat torch view of ``count`` elements) and ``tensor(key)``.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Mapping
+
+from ..errors import ModelFileError
+from .safetensors_format import DTYPES, TensorInfo, read_header
+
+# Old SD1 checkpoints name the CLIP text model without its `text_model.` level.
+_OLD_CLIP = "cond_stage_model.transformer."
+_OLD_CLIP_PARTS = ("embeddings.", "encoder.", "final_layer_norm.")
+
+
+def canonical_key(key: str) -> str:
+    if key.startswith(_OLD_CLIP):
+        rest = key[len(_OLD_CLIP):]
+        if rest.startswith(_OLD_CLIP_PARTS):
+            return _OLD_CLIP + "text_model." + rest
+    return key
+
+
+def torch_dtype(code: str):
+    import torch
+
+    return getattr(torch, DTYPES[code][1])
+
+
+def dtype_code(torch_dtype_) -> str:
+    name = str(torch_dtype_).replace("torch.", "")
+    for code, (_, tname) in DTYPES.items():
+        if tname == name:
+            return code
+    raise ModelFileError(f"Unsupported tensor dtype {name}.")
+
+
+def model_name(path: str | os.PathLike) -> str:
+    """Display name of a checkpoint: its file name without the extension."""
+    name = Path(path).name
+    for ext in (".safetensors", ".ckpt", ".pt", ".pth", ".bin"):
+        if name.lower().endswith(ext):
+            return name[: -len(ext)]
+    return name
+
+
+class Source:
+    name: str
+    path: Path | None
+    tensors: dict[str, TensorInfo]
+    metadata: dict[str, str]
+
+    def chunk(self, key: str, start: int, count: int, buf: bytearray | None):
+        raise NotImplementedError
+
+    def tensor(self, key: str):
+        """The whole tensor with its shape and dtype (a private copy for file sources)."""
+        info = self.tensors[key]
+        buf = bytearray(max(info.nbytes, 1))
+        return self.chunk(key, 0, info.numel, buf).view(info.shape)
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class SafetensorsSource(Source):
+    def __init__(self, path: str | os.PathLike, name: str | None = None):
+        self.path = Path(path)
+        self.name = name or model_name(self.path)
+        header = read_header(self.path)
+        self.tensors = {}
+        for key, info in header.tensors.items():
+            self.tensors.setdefault(canonical_key(key), info)
+        self.metadata = header.metadata
+        self._file = None
+
+    def _f(self):
+        if self._file is None:
+            self._file = open(self.path, "rb", buffering=0)
+        return self._file
+
+    def read_bytes(self, key: str, start_byte: int, out: memoryview) -> None:
+        f = self._f()
+        f.seek(self.tensors[key].offset + start_byte)
+        done = 0
+        n = len(out)
+        while done < n:
+            got = f.readinto(out[done:])
+            if not got:
+                raise ModelFileError(f"{str(self.path)!r} ended early while reading {key!r}: "
+                                     "the file was truncated or replaced during the merge.")
+            done += got
+
+    def chunk(self, key: str, start: int, count: int, buf: bytearray | None):
+        import torch
+
+        info = self.tensors[key]
+        nbytes = count * info.itemsize
+        if buf is None or len(buf) < nbytes:
+            buf = bytearray(max(nbytes, 1))
+        mv = memoryview(buf)[:nbytes]
+        self.read_bytes(key, start * info.itemsize, mv)
+        if nbytes == 0:
+            return torch.empty(0, dtype=torch_dtype(info.dtype))
+        return torch.frombuffer(mv, dtype=torch_dtype(info.dtype), count=count)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+class DictSource(Source):
+    """A source over tensors already in memory (a .ckpt load, a host cache, a caller's dict)."""
+
+    def __init__(self, state_dict: Mapping, name: str = "model", path: str | os.PathLike | None = None,
+                 metadata: Mapping[str, str] | None = None):
+        import torch
+
+        self.name = name
+        self.path = Path(path) if path else None
+        self.metadata = dict(metadata or {})
+        self._sd: dict = {}
+        self.tensors = {}
+        for key, value in state_dict.items():
+            if not isinstance(value, torch.Tensor):
+                continue
+            key = canonical_key(str(key))
+            if key in self._sd:
+                continue
+            self._sd[key] = value
+            self.tensors[key] = TensorInfo(dtype_code(value.dtype), tuple(value.shape))
+
+    def chunk(self, key: str, start: int, count: int, buf: bytearray | None):
+        t = self._sd[key]
+        flat = t.reshape(-1) if t.is_contiguous() else t.contiguous().reshape(-1)
+        return flat[start:start + count]
+
+    def tensor(self, key: str):
+        return self._sd[key]
+
+
+def load_ckpt(path: str | os.PathLike) -> dict:
+    """Load a pickle checkpoint safely: torch.load(weights_only=True) or refuse."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"Model file {str(path)!r} does not exist.")
+    try:
+        is_zip = zipfile.is_zipfile(path)
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
+    except pickle.UnpicklingError as e:
+        text = str(e)
+        if "Weights only load failed" in text or "Unsupported global" in text or "GLOBAL" in text:
+            raise ModelFileError(
+                f"Refused to load {str(path)!r}: the pickle contains Python objects other than tensors, "
+                "and loading it could run code from the file. Nothing from it was executed.",
+                "Use a .safetensors version of this model, or convert it with a tool you trust.") from None
+        raise ModelFileError(f"{str(path)!r} is not a readable checkpoint ({text.splitlines()[0]}).") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ModelFileError(f"{str(path)!r} is not a readable checkpoint or is truncated ({first}).") from None
+    while isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict):
+        raise ModelFileError(f"{str(path)!r} does not contain a state dict (found {type(obj).__name__}).")
+    return obj
+
+
+def open_model(path: str | os.PathLike) -> Source:
+    """Open a checkpoint file by extension: .safetensors streams; .ckpt/.pt/.pth load weights-only."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        return SafetensorsSource(path)
+    if suffix in (".ckpt", ".pt", ".pth", ".bin"):
+        return DictSource(load_ckpt(path), name=model_name(path), path=path)
+    if not path.exists():
+        raise ModelFileError(f"Model file {str(path)!r} does not exist.")
+    raise ModelFileError(f"{str(path)!r}: unknown model file type {suffix or '(no extension)'!r}.",
+                         "Use .safetensors (preferred) or .ckpt/.pt files.")

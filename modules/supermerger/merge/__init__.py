@@ -1,0 +1,1 @@
+"""Recipes, ratio resolution, merge methods and the streaming executor."""

@@ -1,0 +1,110 @@
+"""Elemental merge: ``BLOCKS:ELEMENTS:RATIO`` entries that override the ratio of matching keys.
+
+Syntax (elemental_en.md): entries separated by commas and/or newlines; BLOCKS are space-separated
+block IDs of the model's own table, with ranges (``OUT03-OUT06``, either direction) and a leading
+``NOT``; empty means every block. ELEMENTS are space-separated substrings of the key (partial
+match), also with a leading ``NOT``; empty means every key of those blocks. Entries are applied
+in order and the last matching entry wins.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..arch import Architecture
+from ..errors import RecipeError
+from .weights import RANDOM_TOKENS, is_number
+
+
+@dataclass(frozen=True)
+class ElementalEntry:
+    index: int  # 1-based position among the entries
+    line: int  # 1-based line in the text
+    text: str
+    blocks: frozenset[str] | None  # None = every block
+    blocks_not: bool
+    elements: tuple[str, ...]
+    elements_not: bool
+    ratio: float | None  # None when random
+    random_token: str | None = None
+
+    def matches(self, key: str, block: str) -> bool:
+        if self.blocks is not None and ((block in self.blocks) == self.blocks_not):
+            return False
+        if not self.elements:
+            return True
+        hit = any(e in key for e in self.elements)
+        return hit != self.elements_not
+
+    def describe(self) -> str:
+        return f"elemental #{self.index} '{self.text}'"
+
+
+def _split_entries(text: str) -> list[tuple[int, str]]:
+    out = []
+    for lineno, line in enumerate(text.splitlines() or [text], 1):
+        for part in line.split(","):
+            if part.strip():
+                out.append((lineno, part.strip()))
+    return out
+
+
+def _expand_blocks(field: str, arch: Architecture, where: str) -> tuple[frozenset[str] | None, bool]:
+    tokens = field.split()
+    negate = bool(tokens) and tokens[0].upper() == "NOT"
+    if negate:
+        tokens = tokens[1:]
+    if not tokens:
+        return (None, False) if not negate else (frozenset(), True)
+    blocks: set[str] = set()
+    for tok in tokens:
+        if "-" in tok:
+            first, _, last = tok.partition("-")
+            i = arch.block_index(arch.check_block(first, where))
+            j = arch.block_index(arch.check_block(last, where))
+            lo, hi = min(i, j), max(i, j)
+            blocks.update(arch.blocks[lo:hi + 1])
+        else:
+            blocks.add(arch.check_block(tok, where))
+    return frozenset(blocks), negate
+
+
+def parse_elemental(text: str | None, arch: Architecture) -> list[ElementalEntry]:
+    """Parse elemental text against ``arch``'s block table; errors name the entry and line."""
+    entries: list[ElementalEntry] = []
+    if not text or not text.strip():
+        return entries
+    for index, (lineno, entry) in enumerate(_split_entries(text), 1):
+        where = f" in elemental entry {index} ({entry!r}, line {lineno})"
+        parts = entry.split(":")
+        if len(parts) != 3:
+            raise RecipeError(
+                f"Elemental entry {index} ({entry!r}, line {lineno}) has {len(parts) - 1} ':' but needs exactly 2: "
+                "BLOCKS:ELEMENTS:RATIO.",
+                "Example: OUT03 OUT04:attn2 attn1.to_out:0.5 (leave BLOCKS or ELEMENTS empty for 'all').")
+        block_field, element_field, ratio_field = (p.strip() for p in parts)
+        blocks, blocks_not = _expand_blocks(block_field, arch, where)
+        el_tokens = element_field.split()
+        el_not = bool(el_tokens) and el_tokens[0].upper() == "NOT"
+        if el_not:
+            el_tokens = el_tokens[1:]
+        ratio: float | None = None
+        token = None
+        if ratio_field.upper() in RANDOM_TOKENS:
+            token = ratio_field.upper()
+        elif is_number(ratio_field):
+            ratio = float(ratio_field)
+        else:
+            raise RecipeError(f"Elemental entry {index} ({entry!r}, line {lineno}): ratio {ratio_field!r} is not a number.",
+                              "The third field is the ratio, e.g. 0.5 (or R, U, X with the dice roll).")
+        entries.append(ElementalEntry(index, lineno, entry, blocks, blocks_not, tuple(el_tokens), el_not, ratio, token))
+    return entries
+
+
+def resolve(entries: list[ElementalEntry], key: str, block: str) -> ElementalEntry | None:
+    """The last entry that matches ``key`` (which lies in ``block``), or None."""
+    hit = None
+    for e in entries:
+        if e.matches(key, block):
+            hit = e
+    return hit

@@ -1,0 +1,346 @@
+"""Planning: a recipe plus file headers become a list of per-key tasks, before any tensor is read.
+
+Everything a user can get wrong is found here: unknown names, bad weight lists, elemental text,
+incompatible architectures or shapes, an output that exists. ``--dry-run`` prints the plan;
+``--explain`` prints, for every key, the ratio it gets and the rule that decided it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from .. import arch as archmod
+from ..arch import Architecture
+from ..arch.presets import load_presets
+from ..errors import ArchitectureError, RecipeError
+from ..io.safetensors_format import TensorInfo
+from ..io.sources import Source
+from . import adjust as adjustmod
+from .calcmodes import CalcMode, get_calcmode
+from .elemental import ElementalEntry, parse_elemental, resolve
+from .filters import KeyFilter, parse_filter
+from .modes import MergeMode, get_mode
+from .naming import merged_name
+from .recipe import Recipe
+from .weights import format_weights, parse_weights
+
+DTYPE_CODES = {"fp16": "F16", "bf16": "BF16", "fp32": "F32"}
+INPAINT_KEY = "model.diffusion_model.input_blocks.0.0.weight"
+VAE_PREFIX = "first_stage_model."
+
+
+@dataclass
+class KeyTask:
+    key: str
+    dtype: str  # output safetensors dtype code
+    shape: tuple[int, ...]
+    op: str  # "merge" | "copy" | "literal"
+    src: str = "A"  # for copy: which source
+    alpha: float = 0.0
+    beta: float = 0.0
+    block: str | None = None
+    why: str = ""
+    adjust: adjustmod.AdjustOp | None = None
+    channels: int | None = None  # inpainting / pix2pix: merge only the first N input channels
+    value: list | None = None  # literal tensor data (reset CLIP ids)
+    whole: bool = False  # the method needs the whole tensor (not windows)
+    src_key: str | None = None  # key in the source when it differs (baked VAE files)
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return TensorInfo(self.dtype, self.shape).nbytes
+
+
+@dataclass
+class MergePlan:
+    recipe: Recipe
+    arch: Architecture
+    mode: MergeMode
+    calcmode: CalcMode
+    sources: dict[str, Source]
+    tasks: list[KeyTask]
+    name: str
+    block_alpha: tuple[float, ...] | None = None
+    block_beta: tuple[float, ...] | None = None
+    elemental: list[ElementalEntry] = field(default_factory=list)
+    key_filter: KeyFilter | None = None
+    notices: list[str] = field(default_factory=list)
+    variant: str | None = None  # "inpainting" / "instruct-pix2pix"
+
+    # -- figures for --dry-run ------------------------------------------------------------
+    def bytes_to_read(self) -> int:
+        total = 0
+        for t in self.tasks:
+            if t.op == "copy":
+                total += self.sources[t.src].tensors[t.src_key or t.key].nbytes
+            elif t.op == "merge":
+                for s in self.inputs():
+                    total += self.sources[s].tensors[t.key].nbytes
+        return total
+
+    def bytes_to_write(self) -> int:
+        return sum(t.nbytes for t in self.tasks)
+
+    def inputs(self) -> tuple[str, ...]:
+        return tuple(self.mode.models)
+
+    def peak_memory_estimate(self, chunk_elems: int, depth: int) -> int:
+        """Bytes of tensor buffers the executor holds at most (excluding the Python runtime)."""
+        n_in = len(self.inputs())
+        streamed = depth * (n_in + 1) * chunk_elems * 4
+        whole = max((t.numel for t in self.tasks if t.whole), default=0)
+        return streamed + whole * 4 * (2 * n_in + 1)
+
+    def rule_counts(self) -> Counter:
+        return Counter(t.why for t in self.tasks)
+
+    def explain_lines(self) -> list[str]:
+        lines = [f"{'key':<80} {'block':<6} {'alpha':>8} {'beta':>8}  rule"]
+        for t in self.tasks:
+            if t.op == "merge":
+                beta = f"{t.beta:8.4g}" if (self.mode.uses_beta or self.calcmode.uses_beta) else f"{'-':>8}"
+                lines.append(f"{t.key:<80} {t.block or '':<6} {t.alpha:8.4g} {beta}  {t.why}")
+            else:
+                lines.append(f"{t.key:<80} {t.block or '':<6} {'-':>8} {'-':>8}  {t.why}")
+        return lines
+
+    def summary_lines(self, chunk_elems: int = 1 << 21, depth: int = 4) -> list[str]:
+        r = self.recipe
+        lines = [
+            f"merged model : {self.name}",
+            f"architecture : {self.arch.label} ({self.arch.n_blocks} blocks)"
+            + (f", {self.variant}" if self.variant else ""),
+            f"mode         : {self.mode.label}  {self.mode.formula}   calcmode: {self.calcmode.id}",
+        ]
+        for key in self.inputs():
+            s = self.sources[key]
+            lines.append(f"model {key}      : {s.path or s.name}")
+        if "VAE" in self.sources:
+            lines.append(f"bake VAE     : {self.sources['VAE'].path}")
+        if self.block_alpha is not None:
+            lines.append("block alpha  : " + " ".join(f"{b}={v:g}" for b, v in zip(self.arch.blocks, self.block_alpha)))
+        else:
+            lines.append(f"alpha        : {r.alpha:g}")
+        if self.mode.uses_beta or self.calcmode.uses_beta:
+            if self.block_beta is not None:
+                lines.append("block beta   : " + " ".join(f"{b}={v:g}" for b, v in zip(self.arch.blocks, self.block_beta)))
+            else:
+                lines.append(f"beta         : {r.beta:g}")
+        ops = Counter(t.op for t in self.tasks)
+        lines.append(f"keys         : {len(self.tasks)} in output ({ops.get('merge', 0)} merged, "
+                     f"{ops.get('copy', 0)} copied, {ops.get('literal', 0)} set)")
+        lines.append("rules        :")
+        for why, n in sorted(self.rule_counts().items(), key=lambda kv: -kv[1]):
+            lines.append(f"  {n:6d} keys  {why}")
+        for e in self.elemental:
+            n = sum(1 for t in self.tasks if t.why.startswith(e.describe()))
+            if n == 0:
+                lines.append(f"  warning: {e.describe()} matches no key")
+        gib = 2 ** 30
+        lines.append(f"read         : {self.bytes_to_read() / gib:.2f} GiB   write: {self.bytes_to_write() / gib:.2f} GiB"
+                     f"   dtype: {r.dtype}")
+        lines.append(f"peak memory  : about {self.peak_memory_estimate(chunk_elems, depth) / 2**20:.0f} MiB of buffers")
+        lines.append(f"output       : {r.output or '(in memory)'}")
+        lines += [f"notice       : {n}" for n in self.notices]
+        return lines
+
+
+def _eligible(key: str) -> bool:
+    """The original's rule: only keys with 'model' and 'weight'/'bias' in their name are merged."""
+    return "model" in key and ("weight" in key or "bias" in key)
+
+
+def _out_dtype(key: str, info: TensorInfo, dtype_choice: str) -> str:
+    if dtype_choice == "keep" or not info.is_float or "model" not in key:
+        return info.dtype
+    return DTYPE_CODES[dtype_choice]
+
+
+def _keep_on_prune(key: str, arch: Architecture) -> bool:
+    prefixes = tuple(p for comp in arch.components.values() for p in comp)
+    return key.startswith(prefixes)
+
+
+def _resolve_models(recipe: Recipe, mode: MergeMode, notices: list[str]) -> dict[str, str]:
+    if not recipe.model_a or not recipe.model_b:
+        missing = "A" if not recipe.model_a else "B"
+        raise RecipeError(f"Model {missing} is not set: {mode.label} needs models {', '.join(mode.models)}.")
+    models = {"A": recipe.model_a, "B": recipe.model_b}
+    if mode.needs_c:
+        if recipe.model_c:
+            models["C"] = recipe.model_c
+        else:
+            models["C"] = recipe.model_a
+            notices.append(f"{mode.label} needs model C and none was given: model A is used as C.")
+    return models
+
+
+def build_plan(recipe: Recipe, sources: Mapping[str, Source], presets: Mapping[str, str] | None = None) -> MergePlan:
+    """Validate ``recipe`` against the opened ``sources`` (headers only) and plan every key."""
+    notices: list[str] = []
+    mode = get_mode(recipe.mode)
+    calcmode = get_calcmode(recipe.calcmode)
+    if mode.id not in calcmode.modes:
+        if calcmode.force_mode:
+            forced = get_mode(calcmode.force_mode)
+            notices.append(f"calcmode {calcmode.id} works with {forced.label}: mode switched from {mode.label}.")
+            mode = forced
+        else:
+            allowed = ", ".join(get_mode(m).label for m in calcmode.modes)
+            raise RecipeError(f"calcmode {calcmode.id} cannot be used with {mode.label}; it works with: {allowed}.")
+
+    a, b = sources["A"], sources["B"]
+    c = sources.get("C") if mode.needs_c else None
+    if mode.needs_c and c is None:
+        c = a
+        notices.append(f"{mode.label} needs model C and none was given: model A is used as C.")
+    shapes_a = {k: v.shape for k, v in a.tensors.items()}
+    arch = archmod.detect(a.tensors, shapes_a, f"model A ({a.name})")
+    for label, src in (("B", b), ("C", c)):
+        if src is None or src is a:
+            continue
+        other = archmod.detect(src.tensors, {k: v.shape for k, v in src.tensors.items()}, f"model {label} ({src.name})")
+        if other.id != arch.id:
+            raise ArchitectureError(
+                f"Model A ({a.name}) is {arch.label} but model {label} ({src.name}) is {other.label}: "
+                "they cannot be merged.", "Pick models of the same family (SD1 with SD1, SDXL with SDXL).")
+
+    presets = presets if presets is not None else load_presets()
+    block_alpha = parse_weights(recipe.mbw_alpha, arch, presets, "alpha") if recipe.mbw_alpha is not None else None
+    block_beta = parse_weights(recipe.mbw_beta, arch, presets, "beta") if recipe.mbw_beta is not None else None
+    if block_beta is not None and not (mode.uses_beta or calcmode.uses_beta):
+        notices.append(f"weights beta are ignored: {mode.label} with calcmode {calcmode.id} uses no beta.")
+    entries = parse_elemental(recipe.elemental, arch)
+    for e in entries:
+        if e.random_token:
+            raise RecipeError(f"{e.describe()} uses the random ratio {e.random_token}; random ratios need the dice-roll "
+                              "options (random mode and seed).")
+    key_filter = None
+    if recipe.include:
+        key_filter = parse_filter("include", recipe.include, arch)
+    elif recipe.exclude:
+        key_filter = parse_filter("exclude", recipe.exclude, arch)
+    adjust_values = adjustmod.parse_adjust(recipe.adjust)
+    adjust_ops = adjustmod.adjust_ops(adjust_values, arch)
+
+    inputs = {"A": a, "B": b}
+    if c is not None:
+        inputs["C"] = c
+    variant = None
+    tasks: list[KeyTask] = []
+    mismatches: list[str] = []
+    # Model A's keys in file order (sequential reads), then keys only in B.
+    order = sorted(a.tensors, key=lambda k: a.tensors[k].offset)
+    for key in order:
+        info = a.tensors[key]
+        if recipe.prune and not _keep_on_prune(key, arch):
+            continue
+        if key.startswith(arch.drop_on_save):
+            continue
+        block = arch.block_of(key) if key.startswith("model.diffusion_model.") or _eligible(key) else None
+        out_dtype = _out_dtype(key, info, recipe.dtype)
+        present = all(key in s.tensors for s in inputs.values())
+        if not _eligible(key) or key in arch.ignored_keys or not present or not info.is_float:
+            why = "kept from A (not a weight/bias of a model)" if not _eligible(key) or not info.is_float else \
+                "kept from A (not in every model)" if not present else "kept from A (never merged)"
+            tasks.append(KeyTask(key, out_dtype, info.shape, "copy", "A", block=block, why=why))
+            continue
+        channels = None
+        for label, src in inputs.items():
+            other = src.tensors[key]
+            if other.shape == info.shape:
+                continue
+            if key == INPAINT_KEY and len(info.shape) == 4 and info.shape[1] in (8, 9) and other.shape[1] == 4 \
+                    and other.shape[0] == info.shape[0] and other.shape[2:] == info.shape[2:]:
+                channels = 4
+                variant = "inpainting" if info.shape[1] == 9 else "instruct-pix2pix"
+                continue
+            if key == INPAINT_KEY and len(other.shape) == 4 and other.shape[1] in (8, 9) and info.shape[1] == 4:
+                kind = "inpainting" if other.shape[1] == 9 else "instruct-pix2pix"
+                raise ArchitectureError(
+                    f"Model {label} ({src.name}) is an {kind} model but model A ({a.name}) is not: "
+                    f"A must be the {kind} model.", f"Swap the models so that the {kind} model is model A.")
+            mismatches.append(f"{key}: A {list(info.shape)} vs {label} {list(other.shape)}")
+        if mismatches and mismatches[-1].startswith(key + ":"):
+            continue
+
+        alpha = block_alpha[arch.block_index(block)] if block_alpha is not None else recipe.alpha
+        beta = block_beta[arch.block_index(block)] if block_beta is not None else recipe.beta
+        why = f"weights alpha {block}" if block_alpha is not None else "alpha"
+        entry = resolve(entries, key, block) if entries else None
+        if entry is not None:
+            alpha = float(entry.ratio)  # type: ignore[arg-type]
+            why = entry.describe()
+        if key_filter is not None:
+            merges, fwhy = key_filter.merges(key, block, arch.component_of(key), key in adjust_ops)
+            if not merges:
+                tasks.append(KeyTask(key, out_dtype, info.shape, "copy", "A", block=block, why=f"kept from A ({fwhy})"))
+                continue
+        adj = adjust_ops.get(key)
+        task = KeyTask(key, out_dtype, info.shape, "merge", alpha=alpha, beta=beta, block=block, why=why,
+                       adjust=adj, channels=channels, whole=(not calcmode.elementwise) or channels is not None)
+        if adj is not None:
+            task.why += " + adjust"
+        if calcmode.id == "normal" and adj is None and channels is None:
+            coeffs = mode.coefficients(alpha, beta)
+            if coeffs == (1.0, 0.0, 0.0) or (coeffs[0] == 1.0 and coeffs[1] == 0.0 and coeffs[2] == 0.0):
+                task.op, task.src, task.why = "copy", "A", why + " (ratio gives A)"
+            elif coeffs[0] == 0.0 and coeffs[1] == 1.0 and coeffs[2] == 0.0:
+                task.op, task.src, task.why = "copy", "B", why + " (ratio gives B)"
+        tasks.append(task)
+
+    if mismatches:
+        shown = "\n  ".join(mismatches[:5])
+        more = f"\n  ... and {len(mismatches) - 5} more" if len(mismatches) > 5 else ""
+        raise ArchitectureError(
+            f"{len(mismatches)} tensors have different shapes in the models, so they cannot be merged:\n  {shown}{more}",
+            "The models are of different variants (e.g. SD2 512 vs a modified network); pick compatible models.")
+
+    planned = {t.key for t in tasks}
+    for key, info in b.tensors.items():
+        if key in planned or "model" not in key or key in arch.ignored_keys or key.startswith(arch.drop_on_save):
+            continue
+        if recipe.prune and not _keep_on_prune(key, arch):
+            continue
+        tasks.append(KeyTask(key, _out_dtype(key, info, recipe.dtype), info.shape, "copy", "B",
+                             block=arch.block_of(key), why="copied from B (only in B)"))
+
+    if "VAE" in sources:
+        _bake_vae(tasks, sources["VAE"])
+    if recipe.reset_clip_ids and arch.clip_position_ids:
+        for t in tasks:
+            if t.key == arch.clip_position_ids:
+                n = t.shape[-1]
+                t.op, t.value, t.dtype, t.why = "literal", list(range(n)), "I64", "reset CLIP ids to 0..%d" % (n - 1)
+
+    mbw_a = format_weights(block_alpha) if block_alpha is not None else None
+    mbw_b = format_weights(block_beta) if block_beta is not None else None
+    name = merged_name(mode.id, a.name, b.name, c.name if c is not None else None, recipe.alpha, recipe.beta,
+                       calcmode.id, mbw_a, mbw_b)
+    return MergePlan(recipe, arch, mode, calcmode, dict(inputs, **({"VAE": sources["VAE"]} if "VAE" in sources else {})),
+                     tasks, name, block_alpha, block_beta, entries, key_filter, notices, variant)
+
+
+def _bake_vae(tasks: list[KeyTask], vae: Source) -> None:
+    by_key = {t.key: t for t in tasks}
+    hits = 0
+    for vkey, info in vae.tensors.items():
+        key = vkey if vkey.startswith(VAE_PREFIX) else VAE_PREFIX + vkey
+        task = by_key.get(key)
+        if task is None:
+            continue
+        if tuple(info.shape) != tuple(task.shape):
+            raise ArchitectureError(f"VAE {vae.name}: tensor {vkey!r} has shape {list(info.shape)}, the model's "
+                                    f"{key!r} has {list(task.shape)}; this VAE does not fit the model.")
+        task.op, task.src, task.why = "copy", "VAE", f"baked from VAE {vae.name}"
+        task.src_key = vkey
+        hits += 1
+    if hits == 0:
+        raise ArchitectureError(f"VAE {vae.name} has no tensor that matches the model's VAE keys; is it a VAE file?")

@@ -1,0 +1,111 @@
+"""A merge recipe: plain, JSON-serialisable data describing one merge completely.
+
+The recipe is what the CLI and the UI build, what ``--dry-run`` validates, what history stores
+and what the output file carries in its metadata, so that any merge can be replayed exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import RecipeError, suggest
+
+RECIPE_VERSION = 1
+DTYPE_CHOICES = ("keep", "fp16", "bf16", "fp32")
+
+
+@dataclass
+class Recipe:
+    model_a: str | None = None
+    model_b: str | None = None
+    model_c: str | None = None
+    mode: str = "weight_sum"
+    calcmode: str = "normal"
+    alpha: float = 0.5
+    beta: float = 0.25
+    gamma: float = 0.3
+    mbw_alpha: str | list[float] | None = None
+    mbw_beta: str | list[float] | None = None
+    elemental: str = ""
+    include: str | None = None
+    exclude: str | None = None
+    adjust: str = ""
+    dtype: str = "keep"
+    prune: bool = False
+    reset_clip_ids: bool = False
+    bake_vae: str | None = None
+    output: str | None = None
+    overwrite: bool = False
+    seed: int | None = None
+    device: str = "cpu"
+    # Recorded by the engine (hashes of the inputs), so a replay can check it got the same files.
+    hashes: dict[str, str] = field(default_factory=dict)
+    version: int = RECIPE_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "recipe") -> "Recipe":
+        if not isinstance(data, dict):
+            raise RecipeError(f"{source}: a recipe must be a JSON object, got {type(data).__name__}.")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = [k for k in data if k not in names]
+        if unknown:
+            k = unknown[0]
+            raise RecipeError(f"{source}: unknown recipe field {k!r}.", suggest(k, names) or
+                              "Fields: " + ", ".join(sorted(names)))
+        version = data.get("version", RECIPE_VERSION)
+        if not isinstance(version, int) or version > RECIPE_VERSION:
+            raise RecipeError(f"{source}: recipe version {version!r} is newer than this SuperMerger understands "
+                              f"({RECIPE_VERSION}); update SuperMerger.")
+        recipe = cls(**data)
+        recipe.check_types(source)
+        return recipe
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "recipe") -> "Recipe":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise RecipeError(f"{source} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}.") from None
+        return cls.from_dict(data, source)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Recipe":
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise RecipeError(f"Recipe file {str(path)!r} does not exist.") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise RecipeError(f"Cannot read recipe file {str(path)!r}: {e}.") from None
+        return cls.from_json(text, str(path))
+
+    def replace(self, **changes: Any) -> "Recipe":
+        return dataclasses.replace(self, **changes)
+
+    def check_types(self, source: str = "recipe") -> None:
+        for name in ("alpha", "beta", "gamma"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise RecipeError(f"{source}: {name} must be a number, got {value!r}.")
+            setattr(self, name, float(value))
+        if self.dtype not in DTYPE_CHOICES:
+            raise RecipeError(f"{source}: dtype {self.dtype!r} is not one of {', '.join(DTYPE_CHOICES)}.",
+                              suggest(self.dtype, DTYPE_CHOICES))
+        if self.include and self.exclude:
+            raise RecipeError(f"{source}: include and exclude cannot both be set; use one of them.")
+        for name in ("mbw_alpha", "mbw_beta"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, (str, list, tuple)):
+                raise RecipeError(f"{source}: {name} must be a comma list, a list of numbers or a preset name.")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
+            raise RecipeError(f"{source}: seed must be an integer, got {self.seed!r}.")
