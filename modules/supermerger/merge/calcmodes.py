@@ -37,6 +37,9 @@ class CalcMode:
     uses_beta: bool = False
     uses_gamma: bool = False
     aliases: tuple[str, ...] = field(default=())
+    # prepass(plan) -> stats: a first pass over the inputs (e.g. cosine's global statistics);
+    # its result reaches fn as ctx.stats.
+    prepass: Callable | None = None
 
 
 def _normal(a, b, c, alpha, beta, ctx: MergeContext):

@@ -113,10 +113,11 @@ class _Reader(threading.Thread):
 class Computer:
     """Turns input chunks into output chunks. Shared by file and in-memory merges."""
 
-    def __init__(self, plan: MergePlan, device: str = "cpu", window: int = WINDOW_ELEMS):
+    def __init__(self, plan: MergePlan, device: str = "cpu", window: int = WINDOW_ELEMS, stats: dict | None = None):
         import torch
 
         self.plan = plan
+        self.stats = stats
         self.device = torch.device(device)
         self.window = window if self.device.type == "cpu" else CHUNK_ELEMS
         self.scratch = {n: torch.empty(self.window, dtype=torch.float32, device=self.device) for n in ("A", "B", "C")}
@@ -135,7 +136,7 @@ class Computer:
             out.copy_(w.inputs[task.src])
             return
         names = self.plan.inputs()
-        ctx = MergeContext(task.key, self.plan.mode, self.gamma, None, self.seed)
+        ctx = MergeContext(task.key, self.plan.mode, self.gamma, self.stats, self.seed)
         fn = self.plan.calcmode.fn
         if task.whole:
             result = self._whole(task, w, names, ctx, fn)
@@ -261,7 +262,8 @@ def execute(plan: MergePlan, sink_kind: str, *, writer=None, device: str = "cpu"
         free.put(Slot())
     work_q: queue.Queue = queue.Queue(maxsize=SLOTS)
     reader = _Reader(plan, work_q, free, chunk_elems, abort)
-    computer = Computer(plan, device, window)
+    stats = plan.calcmode.prepass(plan) if plan.calcmode.prepass is not None else None
+    computer = Computer(plan, device, window, stats)
     sink = FileSink(writer, free, abort) if sink_kind == "file" else None
     result: dict = {}
     total = plan.bytes_to_write()
