@@ -1,0 +1,32 @@
+"""Shared fixtures: tiny synthetic checkpoints with real key names, and an isolated data folder."""
+
+from __future__ import annotations
+
+import pytest
+
+from supermerger import paths
+from supermerger.testing.synthetic import write_checkpoint
+
+
+@pytest.fixture(autouse=True)
+def _isolated_data_dir(tmp_path_factory, monkeypatch):
+    home = tmp_path_factory.mktemp("smhome")
+    monkeypatch.setenv("SUPERMERGER_HOME", str(home))
+    paths.set_data_dir(home)
+    yield home
+    paths.set_data_dir(None)
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory):
+    """{(arch, label): path} for arch in sd1/sd2/sdxl and labels A, B, C (fp16), plus extras."""
+    root = tmp_path_factory.mktemp("models")
+    out = {}
+    for arch in ("sd1", "sd2", "sdxl"):
+        for label, seed in (("A", 1), ("B", 2), ("C", 3)):
+            out[(arch, label)] = write_checkpoint(root / f"{arch}_{label}.safetensors", arch, seed=seed)
+    out[("sd1", "A32")] = write_checkpoint(root / "sd1_A32.safetensors", "sd1", seed=1, dtype="float32")
+    out[("sd1", "Abf16")] = write_checkpoint(root / "sd1_Abf16.safetensors", "sd1", seed=1, dtype="bfloat16")
+    out[("sd1", "inpaint")] = write_checkpoint(root / "sd1_inpaint.safetensors", "sd1", seed=4, in_channels=9)
+    out[("sd1", "ckpt")] = write_checkpoint(root / "sd1_B.ckpt", "sd1", seed=2)
+    return out

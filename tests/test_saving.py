@@ -1,0 +1,153 @@
+"""Files out: layout the WebUI loads, metadata, replay from the file alone, save options."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+import supermerger
+from supermerger import Recipe
+from supermerger.cli import main
+
+from helpers import load, merged_keys
+
+
+def paths(models, arch="sd1"):
+    return dict(model_a=str(models[(arch, "A")]), model_b=str(models[(arch, "B")]), model_c=str(models[(arch, "C")]))
+
+
+def test_file_equals_memory_merge_and_keeps_layout(models, tmp_path):
+    r = Recipe(mbw_alpha="GRAD_A", elemental="OUT05:attn:0.9", **paths(models))
+    mem = supermerger.merge(r).state_dict
+    out = tmp_path / "m.safetensors"
+    res = supermerger.merge(r, output=out)
+    got = load_file(str(out))  # the reference reader reads our writer's file
+    A = load(models[("sd1", "A")])
+    assert set(got) == set(A)
+    for k in A:
+        assert got[k].shape == A[k].shape and got[k].dtype == A[k].dtype, k
+        assert torch.equal(got[k], mem[k]), k
+    assert res.path == out
+
+
+def test_metadata_webui_modelspec_and_replay(models, tmp_path):
+    r = Recipe(mode="add_difference", alpha=0.7, mbw_alpha="FLAT_25", elemental="OUT03:attn2:0.4\nIN01::0.2",
+               exclude="BASE", adjust="1,0,0,0,0,0,0,0", **paths(models))
+    out = tmp_path / "m.safetensors"
+    supermerger.merge(r, output=out)
+    with safe_open(str(out), "pt") as f:
+        meta = f.metadata()
+    rec = json.loads(meta["sd_merge_recipe"])
+    assert rec["type"] == "sd-webui-supermerger" and rec["mode"] == "Add difference" and rec["mbw"] is True
+    assert rec["weights_alpha"] == [0.25] * 25 and rec["base_alpha"] == 0.0
+    assert rec["elemental_merge"] == ["OUT03:attn2:0.4", "IN01::0.2"]
+    assert rec["Exclude"] == "BASE"
+    import hashlib
+    sha_a = hashlib.sha256(models[("sd1", "A")].read_bytes()).hexdigest()
+    assert rec["model_a"] == sha_a
+    models_meta = json.loads(meta["sd_merge_models"])
+    assert models_meta[sha_a]["name"] == "sd1_A"
+    assert meta["modelspec.architecture"] == "stable-diffusion-v1"
+    assert meta["modelspec.sai_model_spec"] == "1.0.0"
+    # replay from the file alone gives the same tensors
+    replay = tmp_path / "replay.safetensors"
+    assert main(["merge", "--recipe-from", str(out), "-o", str(replay), "-q"]) == 0
+    a, b = load_file(str(out)), load_file(str(replay))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    replayed = supermerger.recipe_from_file(out)
+    assert replayed.elemental == "OUT03:attn2:0.4\nIN01::0.2"  # multi-line text survives
+    assert replayed.hashes["A"] == sha_a
+
+
+def test_prune_reset_clip_ids_and_ckpt_output(models, tmp_path):
+    from supermerger.testing.synthetic import make_state_dict
+
+    a = make_state_dict("sd1", seed=1)
+    a["model_ema.decay"] = torch.tensor(0.5)
+    a["cond_stage_model.transformer.text_model.embeddings.position_ids"] = torch.tensor([[0, 1, 2, 5] + list(range(4, 77))])
+    b = make_state_dict("sd1", seed=2)
+    out = supermerger.merge(Recipe(prune=True, reset_clip_ids=True), models={"A": a, "B": b}).state_dict
+    assert "model_ema.decay" not in out and "betas" not in out
+    pid = out["cond_stage_model.transformer.text_model.embeddings.position_ids"]
+    assert torch.equal(pid, torch.arange(77).reshape(1, 77)) and pid.dtype == torch.int64
+    ck = tmp_path / "m.ckpt"
+    supermerger.merge(Recipe(**{k: v for k, v in paths(models).items() if k != "model_c"}), output=ck)
+    loaded = torch.load(ck, weights_only=True)
+    A = load(models[("sd1", "A")])
+    assert set(loaded) == set(A)
+
+
+def test_bake_vae(models, tmp_path):
+    from safetensors.torch import save_file
+    from supermerger.testing.synthetic import make_state_dict
+
+    vae = {k[len("first_stage_model."):]: torch.full_like(v, 0.125) for k, v in make_state_dict("sd1", 9).items()
+           if k.startswith("first_stage_model.")}
+    save_file(vae, tmp_path / "vae.safetensors")
+    out = supermerger.merge(Recipe(bake_vae=str(tmp_path / "vae.safetensors"),
+                                   **{k: v for k, v in paths(models).items() if k != "model_c"})).state_dict
+    k = "first_stage_model.decoder.conv_out.weight"
+    assert torch.equal(out[k], torch.full_like(out[k], 0.125))
+    assert out["model.diffusion_model.out.2.weight"].dtype == torch.float16
+
+
+def test_sdxl_drops_cond_stage_aliases(tmp_path):
+    from supermerger.testing.synthetic import make_state_dict
+
+    a, b = make_state_dict("sdxl", 1), make_state_dict("sdxl", 2)
+    a["cond_stage_model.alias.weight"] = torch.zeros(2, dtype=torch.float16)
+    out = supermerger.merge(Recipe(), models={"A": a, "B": b}).state_dict
+    assert not any(k.startswith("cond_stage_model.") for k in out)
+
+
+def test_existing_output_refused_unless_overwrite(models, tmp_path):
+    out = tmp_path / "exists.safetensors"
+    out.write_bytes(b"precious")
+    r = Recipe(model_a=str(models[("sd1", "A")]), model_b=str(models[("sd1", "B")]))
+    with pytest.raises(supermerger.SuperMergerError, match="already exists"):
+        supermerger.merge(r, output=out)
+    assert out.read_bytes() == b"precious"
+    supermerger.merge(r, output=out, overwrite=True)
+    assert len(load_file(str(out))) > 1000
+
+
+def test_failure_mid_write_leaves_no_partial_file(models, tmp_path, monkeypatch):
+    from supermerger.io import writer as writer_mod
+
+    calls = {"n": 0}
+    real = writer_mod.SafetensorsWriter.write
+
+    def failing(self, data):
+        calls["n"] += 1
+        if calls["n"] == 50:
+            raise OSError(28, "No space left on device")
+        return real(self, data)
+
+    monkeypatch.setattr(writer_mod.SafetensorsWriter, "write", failing)
+    out = tmp_path / "full.safetensors"
+    with pytest.raises(supermerger.SuperMergerError, match="disk filled up|No space"):
+        supermerger.merge(Recipe(model_a=str(models[("sd1", "A")]), model_b=str(models[("sd1", "B")])), output=out)
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []  # the temporary file is gone too
+
+
+def test_stop_event_cancels_and_writes_nothing(models, tmp_path):
+    import threading
+
+    stop = threading.Event()
+    seen = []
+
+    def progress(done, total):
+        seen.append(done)
+        if len(seen) == 20:
+            stop.set()
+
+    out = tmp_path / "stopped.safetensors"
+    with pytest.raises(supermerger.SuperMergerError, match="stopped"):
+        supermerger.merge(Recipe(model_a=str(models[("sd1", "A")]), model_b=str(models[("sd1", "B")])), output=out,
+                          progress=progress, stop=stop)
+    assert not out.exists() and list(tmp_path.iterdir()) == []
