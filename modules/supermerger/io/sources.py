@@ -170,12 +170,14 @@ def load_ckpt(path: str | os.PathLike) -> dict:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
     except pickle.UnpicklingError as e:
         text = str(e)
-        if "Weights only load failed" in text or "Unsupported global" in text or "GLOBAL" in text:
-            raise ModelFileError(
-                f"Refused to load {str(path)!r}: the pickle contains Python objects other than tensors, "
-                "and loading it could run code from the file. Nothing from it was executed.",
-                "Use a .safetensors version of this model, or convert it with a tool you trust.") from None
-        raise ModelFileError(f"{str(path)!r} is not a readable checkpoint ({text.splitlines()[0]}).") from None
+        code = "Unsupported global" in text or "GLOBAL" in text
+        detail = next((ln.strip() for ln in text.splitlines()[1:] if ln.strip() and "error" not in ln.lower()), "")
+        why = ("the pickle contains Python objects other than tensors, and loading it could run code from the file"
+               if code else "it is not a PyTorch checkpoint that the safe (weights-only) loader can read")
+        raise ModelFileError(
+            f"Refused to load {str(path)!r}: {why}" + (f" ({detail})" if detail else "")
+            + ". Nothing from it was executed.",
+            "Use a .safetensors version of this model, or convert it with a tool you trust.") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ModelFileError(f"{str(path)!r} is not a readable checkpoint or is truncated ({first}).") from None
