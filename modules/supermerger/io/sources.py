@@ -11,8 +11,10 @@ Every source exposes the same small surface: ``tensors`` (name -> TensorInfo), `
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
+import threading
 import zipfile
 from pathlib import Path
 from typing import Mapping
@@ -61,8 +63,9 @@ class Source:
     path: Path | None
     tensors: dict[str, TensorInfo]
     metadata: dict[str, str]
+    buffered = False  # chunk() reads into the caller's buffer (True) or returns a view of memory (False)
 
-    def chunk(self, key: str, start: int, count: int, buf: bytearray | None):
+    def chunk(self, key: str, start: int, count: int, buf=None):
         raise NotImplementedError
 
     def tensor(self, key: str):
@@ -82,6 +85,8 @@ class Source:
 
 
 class SafetensorsSource(Source):
+    buffered = True
+
     def __init__(self, path: str | os.PathLike, name: str | None = None):
         self.path = Path(path)
         self.name = name or model_name(self.path)
@@ -95,37 +100,58 @@ class SafetensorsSource(Source):
     def _f(self):
         if self._file is None:
             self._file = open(self.path, "rb", buffering=0)
+            if hasattr(os, "posix_fadvise"):  # a larger kernel readahead window for our sequential reads
+                with contextlib.suppress(OSError):
+                    os.posix_fadvise(self._file.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
         return self._file
 
     def read_bytes(self, key: str, start_byte: int, out: memoryview) -> None:
+        """Fill ``out`` with the bytes of tensor ``key`` from byte ``start_byte`` on (thread-safe)."""
         f = self._f()
-        f.seek(self.tensors[key].offset + start_byte)
+        pos = self.tensors[key].offset + start_byte
         done = 0
         n = len(out)
         while done < n:
-            got = f.readinto(out[done:])
+            got = _pread_into(f, out[done:], pos + done)
             if not got:
                 raise ModelFileError(f"{str(self.path)!r} ended early while reading {key!r}: "
                                      "the file was truncated or replaced during the merge.")
             done += got
 
-    def chunk(self, key: str, start: int, count: int, buf: bytearray | None):
+    def chunk(self, key: str, start: int, count: int, buf=None):
+        """Elements [start, start+count) of ``key`` as a flat tensor read into ``buf`` (a bytearray
+        or a uint8 tensor at least that large; a new buffer when None)."""
         import torch
 
         info = self.tensors[key]
+        dtype = torch_dtype(info.dtype)
         nbytes = count * info.itemsize
+        if isinstance(buf, torch.Tensor):
+            self.read_bytes(key, start * info.itemsize, memoryview(buf.numpy())[:nbytes])
+            return buf[:nbytes].view(dtype)
         if buf is None or len(buf) < nbytes:
             buf = bytearray(max(nbytes, 1))
         mv = memoryview(buf)[:nbytes]
         self.read_bytes(key, start * info.itemsize, mv)
         if nbytes == 0:
-            return torch.empty(0, dtype=torch_dtype(info.dtype))
-        return torch.frombuffer(mv, dtype=torch_dtype(info.dtype), count=count)
+            return torch.empty(0, dtype=dtype)
+        return torch.frombuffer(mv, dtype=dtype, count=count)
 
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+_seek_lock = threading.Lock()
+
+
+def _pread_into(f, mv: memoryview, pos: int) -> int:
+    if hasattr(os, "preadv"):
+        return os.preadv(f.fileno(), [mv], pos)
+    with _seek_lock:  # Windows: no positional read in os; keep seek + read together
+        f.seek(pos)
+        return f.readinto(mv)
 
 
 class DictSource(Source):

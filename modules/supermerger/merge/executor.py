@@ -1,25 +1,40 @@
 """The streaming executor: read, merge and write one bounded chunk at a time.
 
 Three stages overlap: a reader thread fills chunk buffers from the input files, the calling
-thread computes (float32 windows that stay in cache, one rounding to the output dtype), and a
-sink consumes the result — a writer thread appending to a safetensors file whose header was
-written first, or tensors in memory. Buffers are recycled through a fixed number of slots, so
+thread computes, and a sink consumes the result — a writer thread appending to a safetensors
+file whose header was written first (``"file"``), new tensors in memory (``"memory"``), or the
+tensors of an existing state dict overwritten in place (``"into"``: a live model re-merged with
+new ratios, no second copy of it). Buffers are recycled through a fixed number of slots, so
 peak memory is set by the chunk size, not by the size of the models.
+
+Where the time goes, and what is done about it (see bench/README.md for the figures):
+- ``import torch`` takes about 2 s. The file sink's thread starts before it and spends that time
+  laying out the output file's pages (``SafetensorsWriter.prefill``), the dearest part of writing.
+- Arithmetic runs on one intra-op thread: the chunks are small and the other core is busy with
+  reading and writing; torch's two-thread default made element-wise work 5-30x slower here when
+  the machine had other load (threads waiting on each other at every operation).
+- Weight sum of half-precision tensors runs as one fused ``lerp`` (float32 arithmetic inside,
+  one rounding), checked at start-up to give the very bits of the float32 path; everything else
+  is computed in float32 windows that stay in the CPU cache.
+- On a GPU (``device="cuda"``) inputs go through pinned buffers, uploads run on a side stream
+  ahead of the arithmetic, and results come back while the next chunk is being read. The same
+  code runs on the CPU with ``staged=True``, which is how the tests cover it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Mapping
 
-from ..errors import SuperMergerError
+from ..errors import RecipeError, SuperMergerError
 from ..io.sources import Source, torch_dtype
 from .calcmodes import MergeContext
 from .plan import KeyTask, MergePlan
 
-CHUNK_ELEMS = 1 << 21  # elements per streamed chunk (8 MiB of float32)
+CHUNK_ELEMS = 1 << 21  # elements per streamed chunk (4 MiB of float16)
 WINDOW_ELEMS = 1 << 18  # elements per float32 compute window (1 MiB: stays in L2)
 SLOTS = 4  # chunks in flight between reader, compute and writer
 
@@ -30,14 +45,17 @@ class MergeCancelled(SuperMergerError):
 
 @dataclass
 class Slot:
-    """Reusable byte buffers for one chunk in flight: one per input and one for the output."""
+    """Reusable byte buffers (uint8 tensors) for one chunk in flight: one per input, one for the output."""
 
-    bufs: dict[str, bytearray] = field(default_factory=dict)
+    pin: bool = False  # page-locked, for asynchronous copies to and from a GPU
+    bufs: dict = field(default_factory=dict)
 
-    def buf(self, name: str, nbytes: int) -> bytearray:
+    def buf(self, name: str, nbytes: int):
+        import torch
+
         b = self.bufs.get(name)
-        if b is None or len(b) < nbytes:
-            b = bytearray(max(nbytes, 64))
+        if b is None or b.numel() < nbytes:
+            b = torch.empty(max(nbytes, 64), dtype=torch.uint8, pin_memory=self.pin)
             self.bufs[name] = b
         return b
 
@@ -50,7 +68,9 @@ class Work:
     count: int
     inputs: dict  # name -> flat torch tensor (views into slot buffers or memory)
     slot: Slot | None
+    pooled: bool  # the slot comes from the pool and goes back to it once the chunk is consumed
     last: bool  # last chunk of this task
+    token: threading.Semaphore | None = None  # released once a whole tensor's inputs are consumed
 
 
 def _chunks(task: KeyTask, chunk_elems: int):
@@ -70,36 +90,73 @@ def _needed_inputs(plan: MergePlan, task: KeyTask) -> tuple[str, ...]:
     return ()
 
 
+def _buffered(src: Source) -> bool:
+    """Whether reading from ``src`` needs a buffer of ours (files do; tensors in memory are viewed)."""
+    return getattr(src, "buffered", False)
+
+
+def _iter_work(plan: MergePlan, chunk_elems: int, take_slot: Callable[[], Slot], file_sink: bool,
+               abort: threading.Event):
+    """Every chunk of every task, in output order, with its inputs read."""
+    whole_tokens = threading.Semaphore(2)  # whole tensors read ahead: one computing, one being read
+    for index, task in enumerate(plan.tasks):
+        needed = _needed_inputs(plan, task)
+        buffered = any(_buffered(plan.sources[n]) for n in needed)
+        for start, count in _chunks(task, chunk_elems):
+            if abort.is_set():
+                return
+            chunked = not task.whole and task.op != "literal"
+            slot = take_slot() if chunked and (buffered or file_sink) else None
+            token = None
+            if task.whole and buffered:
+                while not whole_tokens.acquire(timeout=0.1):
+                    if abort.is_set():
+                        return
+                token = whole_tokens
+            inputs = {}
+            for name in needed:
+                src: Source = plan.sources[name]
+                skey = task.src_key or task.key if name == task.src else task.key
+                if task.whole:
+                    inputs[name] = src.tensor(skey).reshape(-1)
+                else:
+                    info = src.tensors[skey]
+                    buf = slot.buf(name, count * info.itemsize) if slot is not None and _buffered(src) else None
+                    inputs[name] = src.chunk(skey, start, count, buf)
+            yield Work(index, task, start, count, inputs, slot, slot is not None, start + count >= task.numel, token)
+
+
+def _received(q: queue.Queue, abort: threading.Event, sink):
+    """The reader's chunks until its end mark; gives up when the writer fails."""
+    while True:
+        try:
+            item = q.get(timeout=0.1)
+        except queue.Empty:
+            if abort.is_set():
+                if sink is not None and sink.error is not None:
+                    raise sink.error
+                return
+            continue
+        if item is None:
+            return
+        yield item
+
+
 class _Reader(threading.Thread):
-    def __init__(self, plan: MergePlan, out_q: queue.Queue, free: queue.Queue, chunk_elems: int, abort: threading.Event):
+    def __init__(self, items, out_q: queue.Queue, abort: threading.Event):
         super().__init__(daemon=True, name="supermerger-reader")
-        self.plan, self.out_q, self.free, self.chunk_elems, self.abort = plan, out_q, free, chunk_elems, abort
+        self.items, self.out_q, self.abort = items, out_q, abort
         self.error: BaseException | None = None
 
     def run(self) -> None:
         try:
-            for index, task in enumerate(self.plan.tasks):
-                needed = _needed_inputs(self.plan, task)
-                for start, count in _chunks(task, self.chunk_elems):
-                    if self.abort.is_set():
-                        return
-                    slot = self.free.get() if needed and not task.whole else None
-                    inputs = {}
-                    for name in needed:
-                        src: Source = self.plan.sources[name]
-                        skey = task.src_key or task.key if name == task.src else task.key
-                        if task.whole:
-                            inputs[name] = src.tensor(skey).reshape(-1)
-                        else:
-                            info = src.tensors[skey]
-                            buf = slot.buf(name, count * info.itemsize) if slot else None
-                            inputs[name] = src.chunk(skey, start, count, buf)
-                    last = start + count >= task.numel
-                    self._put(Work(index, task, start, count, inputs, slot, last))
-            self._put(None)
+            for w in self.items:
+                self._put(w)
+        except _Aborted:
+            pass
         except BaseException as e:  # handed to the main thread
             self.error = e
-            self._put(None)
+        self._put(None)
 
     def _put(self, item) -> None:
         while not self.abort.is_set():
@@ -110,19 +167,64 @@ class _Reader(threading.Thread):
                 continue
 
 
-class Computer:
-    """Turns input chunks into output chunks. Shared by file and in-memory merges."""
+# -- arithmetic ----------------------------------------------------------------------------------
 
-    def __init__(self, plan: MergePlan, device: str = "cpu", window: int = WINDOW_ELEMS, stats: dict | None = None):
+_EXACT_LERP: dict = {}
+
+
+def fused_lerp_is_exact(device, dtype) -> bool:
+    """Whether ``torch.lerp`` on ``dtype`` tensors gives the bits of float32 lerp rounded once.
+
+    True for float32 itself and, on the PyTorch builds we know, for float16/bfloat16 (they compute
+    in float32 inside); checked once per device and dtype rather than assumed."""
+    import torch
+
+    if dtype == torch.float32:
+        return True
+    if dtype not in (torch.float16, torch.bfloat16):
+        return False
+    key = (str(device), dtype)
+    if key not in _EXACT_LERP:
+        g = torch.Generator().manual_seed(0)
+        n = 65536 + 37  # odd length: the scalar tail is checked too
+        a = (torch.randn(n, generator=g) * 0.05).to(dtype).to(device)
+        b = (torch.randn(n, generator=g) * 0.05).to(dtype).to(device)
+        ok = True
+        for alpha in (0.5, 0.3, 0.7, 1 / 3, 0.0001, 0.9999, -0.25, 1.5):
+            ref = torch.lerp(a.float(), b.float(), alpha).to(dtype)
+            ok = ok and torch.equal(torch.lerp(a, b, alpha).view(torch.int16), ref.view(torch.int16))
+        _EXACT_LERP[key] = ok
+    return _EXACT_LERP[key]
+
+
+class Computer:
+    """Turns input chunks into output chunks; shared by every sink. One instance per compute thread
+    (it owns scratch buffers)."""
+
+    def __init__(self, plan: MergePlan, device: str = "cpu", window: int = WINDOW_ELEMS, stats: dict | None = None,
+                 staged: bool | None = None, chunk_elems: int = CHUNK_ELEMS):
         import torch
 
         self.plan = plan
         self.stats = stats
         self.device = torch.device(device)
-        self.window = window if self.device.type == "cpu" else CHUNK_ELEMS
-        self.scratch = {n: torch.empty(self.window, dtype=torch.float32, device=self.device) for n in ("A", "B", "C")}
+        self.cuda = self.device.type == "cuda"
+        self.staged = (self.device.type != "cpu") if staged is None else staged
+        self.window = chunk_elems if self.staged else window
+        self.scratch = {n: torch.empty(self.window, dtype=torch.float32, device=self.device) for n in plan.inputs()}
         self.gamma = plan.recipe.gamma
         self.seed = plan.recipe.seed
+        self.lerp_ok = plan.mode.id == "weight_sum" and plan.calcmode.id == "normal"
+        if self.staged:
+            # Two banks of device copies of the inputs' bytes: chunk i+1 is uploaded into one while
+            # chunk i is computed from the other.
+            nbytes = chunk_elems * 8
+            self.banks = [{n: torch.empty(nbytes, dtype=torch.uint8, device=self.device) for n in plan.inputs()}
+                          for _ in range(2)]
+            self.bank_free = [None, None]  # event: the arithmetic that last read that bank is done
+            self.flip = 0
+            self.out_dev = torch.empty(nbytes, dtype=torch.uint8, device=self.device)
+            self.upload_stream = torch.cuda.Stream(self.device) if self.cuda else None
 
     def compute_into(self, w: Work, out) -> None:
         """Write the output of chunk ``w`` into the flat tensor ``out`` (output dtype)."""
@@ -133,70 +235,147 @@ class Computer:
             out.copy_(torch.tensor(task.value, dtype=out.dtype))
             return
         if task.op == "copy":
-            out.copy_(w.inputs[task.src])
+            src = w.inputs[task.src]
+            if src.data_ptr() != out.data_ptr() or src.device != out.device:
+                out.copy_(src)
             return
         names = self.plan.inputs()
         ctx = MergeContext(task.key, self.plan.mode, self.gamma, self.stats, self.seed)
         fn = self.plan.calcmode.fn
         if task.whole:
-            result = self._whole(task, w, names, ctx, fn)
-            out.copy_(result.reshape(-1))
+            out.copy_(self._whole(task, w, names, ctx, fn).reshape(-1))
             return
         offset = None
         if task.adjust is not None and task.adjust.offset is not None:
             offset = torch.tensor(task.adjust.offset, dtype=torch.float32, device=self.device)
         scale = task.adjust.scale if task.adjust is not None else 1.0
-        on_cpu = self.device.type == "cpu"
+        if self.staged:
+            self._staged(w, out, names, ctx, fn, scale, offset)
+            return
+        if self._can_fuse(task, w.inputs, out):
+            torch.lerp(w.inputs["A"], w.inputs["B"], task.alpha, out=out)
+            return
         for s in range(0, w.count, self.window):
             n = min(self.window, w.count - s)
-            win = {}
-            for name in names:
-                t = self.scratch[name][:n]
-                t.copy_(w.inputs[name][s:s + n], non_blocking=not on_cpu)
-                win[name] = t
+            win = {name: self.scratch[name][:n].copy_(w.inputs[name][s:s + n]) for name in names}
             r = fn(win["A"], win["B"], win.get("C"), task.alpha, task.beta, ctx)
-            if scale != 1.0:
-                r.mul_(scale)
-            if offset is not None:
-                r.add_(offset[w.start + s:w.start + s + n])
-            out[s:s + n].copy_(r, non_blocking=False)
+            self._finish(r, w.start + s, n, scale, offset)
+            out[s:s + n].copy_(r)
+
+    def _can_fuse(self, task: KeyTask, inputs, out) -> bool:
+        if not self.lerp_ok or task.adjust is not None:
+            return False
+        a, b = inputs["A"], inputs["B"]
+        return (a.dtype == b.dtype == out.dtype and a.device == b.device == out.device == self.device
+                and fused_lerp_is_exact(self.device, a.dtype))
+
+    @staticmethod
+    def _finish(r, start: int, n: int, scale: float, offset) -> None:
+        if scale != 1.0:
+            r.mul_(scale)
+        if offset is not None:
+            r.add_(offset[start:start + n])
+
+    def _staged(self, w: Work, out, names, ctx, fn, scale: float, offset) -> None:
+        """One whole chunk on the device: upload (side stream), compute, copy back (asynchronous)."""
+        import torch
+
+        task, n = w.task, w.count
+        bank = self.banks[self.flip]
+        wait = self.bank_free[self.flip]
+        dev = {}
+        stream = torch.cuda.stream(self.upload_stream) if self.upload_stream is not None else contextlib.nullcontext()
+        with stream:
+            if wait is not None:
+                self.upload_stream.wait_event(wait)
+            for name in names:
+                src = w.inputs[name]
+                if src.device == self.device:
+                    dev[name] = src
+                    continue
+                raw = bank[name][: n * src.element_size()].view(src.dtype)
+                raw.copy_(src, non_blocking=True)
+                dev[name] = raw
+        if self.upload_stream is not None:
+            torch.cuda.current_stream(self.device).wait_stream(self.upload_stream)
+        if self._can_fuse(task, dev, dev["A"]) and out.dtype == dev["A"].dtype:
+            r16 = self.out_dev[: n * out.element_size()].view(out.dtype)
+            torch.lerp(dev["A"], dev["B"], task.alpha, out=r16)
+            out.copy_(r16, non_blocking=True)
+        else:
+            win = {name: self.scratch[name][:n].copy_(dev[name]) for name in names}
+            r = fn(win["A"], win["B"], win.get("C"), task.alpha, task.beta, ctx)
+            self._finish(r, w.start, n, scale, offset)
+            if out.device == self.device:
+                out.copy_(r)
+            else:
+                r_out = self.out_dev[: n * out.element_size()].view(out.dtype)
+                r_out.copy_(r)
+                out.copy_(r_out, non_blocking=True)
+        if self.cuda:
+            self.bank_free[self.flip] = torch.cuda.current_stream(self.device).record_event()
+        self.flip ^= 1
+
+    def fence(self):
+        """An event that completes when everything queued so far is done (None: already done)."""
+        if not self.cuda:
+            return None
+        import torch
+
+        return torch.cuda.current_stream(self.device).record_event()
 
     def _whole(self, task: KeyTask, w: Work, names, ctx, fn):
+        import torch
+
         shape = task.shape
-        t = {n: w.inputs[n].to(self.device, torch_float32()) for n in names}
+        # One private float32 copy per input (the method may overwrite it): never a view of the caller's tensors.
+        t = {n: w.inputs[n].to(self.device, torch.float32, copy=True) for n in names}
         if task.channels is not None:
             # inpainting / pix2pix model A: merge only the first channels of the first conv
-            a_full = t["A"].reshape(shape).clone()
+            a_full = t["A"].reshape(shape)
             part = {n: (t[n].reshape(shape)[:, :task.channels] if n == "A" else
                         t[n].reshape(shape[0], -1, *shape[2:])[:, :task.channels]).contiguous() for n in names}
             merged = fn(part["A"], part["B"], part.get("C"), task.alpha, task.beta, ctx)
             a_full[:, :task.channels] = merged
             result = a_full
         else:
-            result = fn(*(t[n].reshape(shape).clone() for n in ("A", "B")),
-                        t["C"].reshape(shape).clone() if "C" in t else None, task.alpha, task.beta, ctx)
+            result = fn(t["A"].reshape(shape), t["B"].reshape(shape), t["C"].reshape(shape) if "C" in t else None,
+                        task.alpha, task.beta, ctx)
         if task.adjust is not None:
             result = result * task.adjust.scale
             if task.adjust.offset is not None:
-                import torch
-
                 result = result + torch.tensor(task.adjust.offset, dtype=result.dtype, device=result.device)
         return result
 
 
-def torch_float32():
+@contextlib.contextmanager
+def intra_op_threads(n: int):
+    """Run torch's CPU kernels on ``n`` threads inside the block, then restore the caller's setting."""
     import torch
 
-    return torch.float32
+    before = torch.get_num_threads()
+    if before != n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if before != n:
+            torch.set_num_threads(before)
 
+
+# -- sinks ---------------------------------------------------------------------------------------
 
 class FileSink:
-    """Append output chunks to a safetensors file on a writer thread (header already written)."""
+    """Append output chunks to a safetensors file on a writer thread (header already written).
 
-    def __init__(self, writer, free: queue.Queue, abort: threading.Event):
+    While no chunk is waiting, the thread prefills the file ahead of the data (see
+    ``SafetensorsWriter.prefill``); it starts before ``import torch`` so that the two overlap."""
+
+    def __init__(self, writer, free: queue.Queue, abort: threading.Event, prefill: bool = True):
         self.writer, self.free, self.abort = writer, free, abort
         self.q: queue.Queue = queue.Queue(maxsize=SLOTS)
         self.error: BaseException | None = None
+        self.prefill = getattr(writer, "prefill", None) if prefill else None
         self.thread = threading.Thread(target=self._run, daemon=True, name="supermerger-writer")
         self.thread.start()
 
@@ -205,39 +384,49 @@ class FileSink:
 
         dtype = torch_dtype(w.task.dtype)
         itemsize = torch.empty(0, dtype=dtype).element_size()
-        slot = w.slot or Slot()
-        buf = slot.buf("out", w.count * itemsize)
-        w.slot = slot
+        if w.slot is None:
+            w.slot = Slot()  # private: a whole tensor or a literal
         if w.count == 0:
             return torch.empty(0, dtype=dtype)
-        return torch.frombuffer(memoryview(buf)[: w.count * itemsize], dtype=dtype, count=w.count)
+        return w.slot.buf("out", w.count * itemsize)[: w.count * itemsize].view(dtype)
 
-    def passthrough(self, w: Work) -> bool:
+    @staticmethod
+    def passthrough(w: Work) -> bool:
         """A plain copy with unchanged dtype goes to the file without touching the bytes."""
         t = w.task
-        return t.op == "copy" and w.inputs[t.src].dtype == torch_dtype(t.dtype) and w.inputs[t.src].is_contiguous()
+        src = w.inputs[t.src]
+        return t.op == "copy" and src.dtype == torch_dtype(t.dtype) and src.is_contiguous() and src.device.type == "cpu"
 
-    def submit(self, w: Work, data, pooled: bool) -> None:
+    def submit(self, w: Work, data) -> None:
         while True:
             if self.error is not None:
                 raise self.error
             try:
-                self.q.put((w, data, pooled), timeout=0.1)
+                self.q.put((w, data), timeout=0.1)
                 return
             except queue.Full:
                 continue
 
     def _run(self) -> None:
+        prefill = self.prefill
         try:
             while True:
-                item = self.q.get()
+                if prefill is not None:
+                    try:
+                        item = self.q.get_nowait()
+                    except queue.Empty:
+                        if self.abort.is_set() or prefill() == 0:
+                            prefill = None
+                        continue
+                else:
+                    item = self.q.get()
                 if item is None:
                     return
-                w, data, pooled = item
+                w, data = item
                 if self.abort.is_set():
                     continue
                 self.writer.write(data)
-                if pooled and w.slot is not None:
+                if w.pooled:
                     self.free.put(w.slot)
         except BaseException as e:
             self.error = e
@@ -250,56 +439,85 @@ class FileSink:
             raise self.error
 
 
-def execute(plan: MergePlan, sink_kind: str, *, writer=None, device: str = "cpu",
-            progress: Callable[[int, int], None] | None = None, stop: threading.Event | None = None,
-            chunk_elems: int = CHUNK_ELEMS, window: int = WINDOW_ELEMS) -> dict | None:
-    """Run ``plan``; ``sink_kind`` is "file" (needs ``writer``) or "memory" (returns a state dict)."""
+def _bytes_of(t):
+    return memoryview(t.numpy()).cast("B") if t.numel() else b""
+
+
+def _into_targets(plan: MergePlan, target: Mapping) -> dict:
+    """The destination tensor of every task, checked before anything is written."""
     import torch
 
+    dests, problems = {}, []
+    for task in plan.tasks:
+        t = target.get(task.key)
+        if not isinstance(t, torch.Tensor):
+            problems.append(f"{task.key}: missing")
+        elif tuple(t.shape) != tuple(task.shape):
+            problems.append(f"{task.key}: shape {list(t.shape)}, the merge gives {list(task.shape)}")
+        elif not t.is_contiguous():
+            problems.append(f"{task.key}: not contiguous")
+        else:
+            dests[task.key] = t.view(-1)
+    if problems:
+        shown = "\n  ".join(problems[:5]) + (f"\n  ... and {len(problems) - 5} more" if len(problems) > 5 else "")
+        raise RecipeError(f"The state dict to merge into does not fit this merge ({len(problems)} keys):\n  {shown}",
+                          "Merge into a state dict of the same architecture as model A (all keys, same shapes).")
+    return dests
+
+
+# -- the loop ------------------------------------------------------------------------------------
+
+class _Aborted(Exception):
+    """The reader stops because the merge is being torn down."""
+
+
+def execute(plan: MergePlan, sink_kind: str, *, writer=None, target: Mapping | None = None, device: str = "cpu",
+            progress: Callable[[int, int], None] | None = None, stop: threading.Event | None = None,
+            chunk_elems: int = CHUNK_ELEMS, window: int = WINDOW_ELEMS, staged: bool | None = None,
+            threads: int | None = 1, prefill: bool = True) -> dict | None:
+    """Run ``plan``. ``sink_kind``: "file" (needs ``writer``), "memory" (returns a new state dict) or
+    "into" (overwrites the tensors of ``target`` in place and returns it).
+
+    ``threads``: torch intra-op threads for the arithmetic (None keeps the caller's setting).
+    ``staged``: compute a whole chunk at a time through device buffers (default: on GPUs only).
+    An "into" merge that fails or is stopped midway leaves ``target`` partly merged."""
+    if sink_kind not in ("file", "memory", "into"):
+        raise ValueError(f"unknown sink {sink_kind!r}")
     abort = threading.Event()
     free: queue.Queue = queue.Queue()
-    for _ in range(SLOTS):
-        free.put(Slot())
-    work_q: queue.Queue = queue.Queue(maxsize=SLOTS)
-    reader = _Reader(plan, work_q, free, chunk_elems, abort)
-    stats = plan.calcmode.prepass(plan) if plan.calcmode.prepass is not None else None
-    computer = Computer(plan, device, window, stats)
-    sink = FileSink(writer, free, abort) if sink_kind == "file" else None
-    result: dict = {}
-    total = plan.bytes_to_write()
-    done = 0
-    reader.start()
+    reader: _Reader | None = None
+    # The writer thread starts first: it prefills the output while torch is being imported.
+    sink = FileSink(writer, free, abort, prefill=prefill) if sink_kind == "file" else None
     try:
-        while True:
-            if stop is not None and stop.is_set():
-                raise MergeCancelled("The merge was stopped; nothing was written.")
-            w = work_q.get()
-            if w is None:
-                if reader.error is not None:
-                    raise reader.error
-                break
-            task = w.task
-            if sink is not None:
-                if sink.passthrough(w):
-                    data = w.inputs[task.src]
-                    sink.submit(w, memoryview(data.numpy()).cast("B") if data.numel() else b"", pooled=True)
-                else:
-                    out = sink.out_chunk(w)
-                    computer.compute_into(w, out)
-                    payload = memoryview(out.numpy()).cast("B") if out.numel() else b""
-                    sink.submit(w, payload, pooled=not task.whole and w.slot is not None and _slot_from_pool(w))
-            else:
-                dest = result.get(task.key)
-                if dest is None:
-                    dest = torch.empty(task.shape, dtype=torch_dtype(task.dtype))
-                    result[task.key] = dest
-                flat = dest.view(-1)[w.start:w.start + w.count]
-                computer.compute_into(w, flat)
-                if w.slot is not None:
-                    free.put(w.slot)
-            done += w.count * torch.empty(0, dtype=torch_dtype(task.dtype)).element_size()
-            if progress is not None:
-                progress(done, total)
+        import torch
+
+        dests = _into_targets(plan, target) if sink_kind == "into" else None
+        dev = torch.device(device)
+        for _ in range(SLOTS):
+            free.put(Slot(pin=dev.type == "cuda"))
+
+        def take_slot() -> Slot:
+            while True:
+                try:
+                    return free.get(timeout=0.1)
+                except queue.Empty:
+                    if abort.is_set():
+                        raise _Aborted from None
+
+        with intra_op_threads(threads) if threads and dev.type == "cpu" else contextlib.nullcontext():
+            stats = plan.calcmode.prepass(plan) if plan.calcmode.prepass is not None else None
+            computer = Computer(plan, device, window, stats, staged, chunk_elems)
+            items = _iter_work(plan, chunk_elems, take_slot, sink is not None, abort)
+            if any(_buffered(s) for s in plan.sources.values()):
+                work_q: queue.Queue = queue.Queue(maxsize=SLOTS)
+                reader = _Reader(items, work_q, abort)
+                items = _received(work_q, abort, sink)
+                reader.start()
+            result = _run(plan, items, computer, sink, dests, free, progress, stop)
+        if reader is not None:
+            reader.join()
+            if reader.error is not None:
+                raise reader.error
         if sink is not None:
             sink.close()
             sink = None
@@ -310,10 +528,62 @@ def execute(plan: MergePlan, sink_kind: str, *, writer=None, device: str = "cpu"
         raise
     finally:
         abort.set()
-        reader.join(timeout=5)
-    return result if sink_kind == "memory" else None
+        if reader is not None:
+            reader.join(timeout=5)
+    if sink_kind == "memory":
+        return result
+    if sink_kind == "into":
+        return target  # type: ignore[return-value]
+    return None
 
 
-def _slot_from_pool(w: Work) -> bool:
-    # Whole-tensor tasks and literals get a private slot from out_chunk; it is not returned to the pool.
-    return not (w.task.whole or w.task.op == "literal")
+def _run(plan: MergePlan, items, computer: Computer, sink: FileSink | None, dests: dict | None, free: queue.Queue,
+         progress, stop) -> dict:
+    import torch
+
+    result: dict = {}
+    total = plan.bytes_to_write()
+    done = 0
+    pending: list = []  # chunks whose device work may still be running: (work, payload, event)
+
+    def hand_over(w: Work, payload, event) -> None:
+        if event is not None:
+            event.synchronize()
+        if w.token is not None:
+            w.token.release()
+        if sink is not None:
+            sink.submit(w, payload)
+        elif w.pooled:
+            free.put(w.slot)
+
+    for w in items:
+        if stop is not None and stop.is_set():
+            raise MergeCancelled("The merge was stopped; nothing was written.")
+        task = w.task
+        if sink is not None:
+            if sink.passthrough(w):
+                payload, event = _bytes_of(w.inputs[task.src]), None
+            else:
+                out = sink.out_chunk(w)
+                computer.compute_into(w, out)
+                payload, event = _bytes_of(out), computer.fence()
+        else:
+            if dests is not None:
+                flat = dests[task.key]
+            else:
+                dest = result.get(task.key)
+                if dest is None:
+                    dest = result[task.key] = torch.empty(task.shape, dtype=torch_dtype(task.dtype))
+                flat = dest.view(-1)
+            computer.compute_into(w, flat[w.start:w.start + w.count])
+            payload, event = None, computer.fence()
+        w.inputs = {}  # drop the references: a payload keeps alive what the writer still needs
+        pending.append((w, payload, event))
+        while len(pending) > (1 if event is not None else 0):
+            hand_over(*pending.pop(0))
+        done += w.count * torch_dtype(task.dtype).itemsize
+        if progress is not None:
+            progress(done, total)
+    while pending:
+        hand_over(*pending.pop(0))
+    return result
