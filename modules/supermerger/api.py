@@ -83,9 +83,13 @@ def plan_merge(recipe: Recipe, models: Mapping[str, ModelLike] | None = None,
 def merge(recipe: Recipe, *, models: Mapping[str, ModelLike] | None = None, output: str | os.PathLike | None = None,
           overwrite: bool | None = None, device: str | None = None,
           progress: Callable[[int, int], None] | None = None, stop: threading.Event | None = None,
-          presets: Mapping[str, str] | None = None) -> MergeResult:
+          presets: Mapping[str, str] | None = None, into: Mapping | None = None) -> MergeResult:
     """Merge per ``recipe``. With an output path (argument or ``recipe.output``) the result is streamed
-    to that file; without one the merged state dict is returned in memory."""
+    to that file; without one the merged state dict is returned in memory.
+
+    ``into``: an existing state dict (a live model's parameters, for instance) whose tensors are
+    overwritten in place with the result — no second copy of the model is made. It must hold
+    every output key with the same shape (any dtype and device); ``result.state_dict`` is it."""
     from .merge.executor import execute
     from .merge.metadata import build_metadata
 
@@ -94,6 +98,10 @@ def merge(recipe: Recipe, *, models: Mapping[str, ModelLike] | None = None, outp
     out = output if output is not None else recipe.output
     overwrite = recipe.overwrite if overwrite is None else overwrite
     device = device or recipe.device or "cpu"
+    if into is not None and output is not None:
+        raise RecipeError("Give either an output file or a state dict to merge into, not both.")
+    if into is not None:
+        out = None
     if out is not None:
         out = Path(out)
         if out.suffix.lower() not in OUTPUT_EXTS:
@@ -104,7 +112,9 @@ def merge(recipe: Recipe, *, models: Mapping[str, ModelLike] | None = None, outp
     plan = plan_merge(recipe, models, presets)
     try:
         result = MergeResult(plan, plan.name, notices=list(plan.notices))
-        if out is None:
+        if into is not None:
+            result.state_dict = execute(plan, "into", target=into, device=device, progress=progress, stop=stop)
+        elif out is None:
             result.state_dict = execute(plan, "memory", device=device, progress=progress, stop=stop)
         else:
             hashers = {k: BackgroundHash(s.path) for k, s in plan.sources.items()
