@@ -121,7 +121,8 @@ def merge(recipe: Recipe, *, models: Mapping[str, ModelLike] | None = None, outp
                        if s.path is not None and k in plan.inputs()}
             legacy = {k: legacy_hash(s.path) for k, s in plan.sources.items()
                       if s.path is not None and s.path.stat().st_size > 0x110000}
-            rec = recipe.replace(output=str(out))
+            # plan.recipe: the recipe as merged, with the seed actually drawn for random ratios
+            rec = plan.recipe.replace(output=str(out))
             date = datetime.date.today().isoformat()
             # The header is written before the data; input hashes (computed meanwhile on another
             # thread) replace same-length placeholders once known.

@@ -4,7 +4,8 @@ Syntax (elemental_en.md): entries separated by commas and/or newlines; BLOCKS ar
 block IDs of the model's own table, with ranges (``OUT03-OUT06``, either direction) and a leading
 ``NOT``; empty means every block. ELEMENTS are space-separated substrings of the key (partial
 match), also with a leading ``NOT``; empty means every key of those blocks. Entries are applied
-in order and the last matching entry wins.
+in order and the last matching entry wins. RATIO may be R, U or X: a ratio drawn per key with
+the recipe's seed (``merge.dice``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from dataclasses import dataclass
 
 from ..arch import Architecture
 from ..errors import RecipeError
-from .weights import RANDOM_TOKENS, is_number
+from .weights import is_number
+
+ELEMENT_TOKENS = ("R", "U", "X")  # random ratios drawn for every matching key (spec §11.2)
 
 
 @dataclass(frozen=True)
@@ -90,7 +93,7 @@ def parse_elemental(text: str | None, arch: Architecture) -> list[ElementalEntry
             el_tokens = el_tokens[1:]
         ratio: float | None = None
         token = None
-        if ratio_field.upper() in RANDOM_TOKENS:
+        if ratio_field.upper() in ELEMENT_TOKENS:
             token = ratio_field.upper()
         elif is_number(ratio_field):
             ratio = float(ratio_field)
@@ -98,6 +101,20 @@ def parse_elemental(text: str | None, arch: Architecture) -> list[ElementalEntry
             raise RecipeError(f"Elemental entry {index} ({entry!r}, line {lineno}): ratio {ratio_field!r} is not a number.",
                               "The third field is the ratio, e.g. 0.5 (or R, U, X with the dice roll).")
         entries.append(ElementalEntry(index, lineno, entry, blocks, blocks_not, tuple(el_tokens), el_not, ratio, token))
+    return entries
+
+
+def random_entries(blocks_by_token: dict[str, list[str]], arch: Architecture, first_index: int) -> list[ElementalEntry]:
+    """Entries ``<blocks>::R|U|X`` that the dice roll's ER / EU / EX tokens add: every key of
+    those blocks gets its own random ratio (blocks the model does not have are left out)."""
+    entries = []
+    for token, names in blocks_by_token.items():
+        names = [n for n in names if n in arch.blocks]
+        if not names:
+            continue
+        text = f"{' '.join(names)}::{token}"
+        entries.append(ElementalEntry(first_index + len(entries), 0, text, frozenset(names), False, (), False,
+                                      None, token))
     return entries
 
 

@@ -20,12 +20,14 @@ from ..io.safetensors_format import TensorInfo
 from ..io.sources import Source
 from . import adjust as adjustmod
 from .calcmodes import CalcMode, get_calcmode
-from .elemental import ElementalEntry, parse_elemental, resolve
+from .dice import Dice, DiceSettings
+from .elemental import ElementalEntry, parse_elemental, random_entries, resolve
 from .filters import KeyFilter, parse_filter
 from .modes import MergeMode, get_mode
 from .naming import merged_name
 from .recipe import Recipe
-from .weights import format_weights, parse_weights
+from .seeds import draw_seed
+from .weights import format_weights, has_random, list_names, parse_weights, weight_items
 
 DTYPE_CODES = {"fp16": "F16", "bf16": "BF16", "fp32": "F32"}
 INPAINT_KEY = "model.diffusion_model.input_blocks.0.0.weight"
@@ -147,6 +149,8 @@ class MergePlan:
         lines.append(f"read         : {self.bytes_to_read() / gib:.2f} GiB   write: {self.bytes_to_write() / gib:.2f} GiB"
                      f"   dtype: {r.dtype}")
         lines.append(f"peak memory  : about {self.peak_memory_estimate(chunk_elems, depth) / 2**20:.0f} MiB of buffers")
+        if r.seed is not None:
+            lines.append(f"seed         : {r.seed}")
         lines.append(f"output       : {r.output or '(in memory)'}")
         lines += [f"notice       : {n}" for n in self.notices]
         return lines
@@ -198,6 +202,9 @@ def build_plan(recipe: Recipe, sources: Mapping[str, Source], presets: Mapping[s
 
     a, b = sources["A"], sources["B"]
     c = sources.get("C") if mode.needs_c else None
+    if calcmode.needs_c and c is None:
+        raise RecipeError(f"calcmode {calcmode.id} needs model C: the base model that A and B were both "
+                          "fine-tuned from.", "Give --model-c (model_c).")
     if mode.needs_c and c is None:
         c = a
         notices.append(f"{mode.label} needs model C and none was given: model A is used as C.")
@@ -213,15 +220,9 @@ def build_plan(recipe: Recipe, sources: Mapping[str, Source], presets: Mapping[s
                 "they cannot be merged.", "Pick models of the same family (SD1 with SD1, SDXL with SDXL).")
 
     presets = presets if presets is not None else load_presets()
-    block_alpha = parse_weights(recipe.mbw_alpha, arch, presets, "alpha") if recipe.mbw_alpha is not None else None
-    block_beta = parse_weights(recipe.mbw_beta, arch, presets, "beta") if recipe.mbw_beta is not None else None
+    recipe, dice, block_alpha, block_beta, entries = _ratios(recipe, arch, calcmode, presets, notices)
     if block_beta is not None and not (mode.uses_beta or calcmode.uses_beta):
         notices.append(f"weights beta are ignored: {mode.label} with calcmode {calcmode.id} uses no beta.")
-    entries = parse_elemental(recipe.elemental, arch)
-    for e in entries:
-        if e.random_token:
-            raise RecipeError(f"{e.describe()} uses the random ratio {e.random_token}; random ratios need the dice-roll "
-                              "options (random mode and seed).")
     key_filter = None
     if recipe.include:
         key_filter = parse_filter("include", recipe.include, arch)
@@ -276,19 +277,28 @@ def build_plan(recipe: Recipe, sources: Mapping[str, Source], presets: Mapping[s
         why = f"weights alpha {block}" if block_alpha is not None else "alpha"
         entry = resolve(entries, key, block) if entries else None
         if entry is not None:
-            alpha = float(entry.ratio)  # type: ignore[arg-type]
+            alpha = dice.element_ratio(entry.random_token, key, block) if entry.random_token else float(entry.ratio)
             why = entry.describe()
         if key_filter is not None:
             merges, fwhy = key_filter.merges(key, block, arch.component_of(key), key in adjust_ops)
             if not merges:
                 tasks.append(KeyTask(key, out_dtype, info.shape, "copy", "A", block=block, why=f"kept from A ({fwhy})"))
                 continue
+        kept = calcmode.keep(key) if calcmode.keep is not None else None
+        if kept:
+            tasks.append(KeyTask(key, out_dtype, info.shape, "copy", "A", block=block,
+                                 why=f"kept from A (calcmode {calcmode.id}: {kept})"))
+            continue
+        problem = calcmode.check(alpha, beta, recipe.gamma) if calcmode.check is not None else None
+        if problem:
+            raise RecipeError(f"calcmode {calcmode.id}: {problem} for {key} ({why}).",
+                              f"calcmode {calcmode.id} takes {calcmode.params}.")
         adj = adjust_ops.get(key)
         task = KeyTask(key, out_dtype, info.shape, "merge", alpha=alpha, beta=beta, block=block, why=why,
                        adjust=adj, channels=channels, whole=(not calcmode.elementwise) or channels is not None)
         if adj is not None:
             task.why += " + adjust"
-        if calcmode.id == "normal" and adj is None and channels is None:
+        if calcmode.linear and adj is None and channels is None:
             coeffs = mode.coefficients(alpha, beta)
             if coeffs == (1.0, 0.0, 0.0) or (coeffs[0] == 1.0 and coeffs[1] == 0.0 and coeffs[2] == 0.0):
                 task.op, task.src, task.why = "copy", "A", why + " (ratio gives A)"
@@ -324,8 +334,48 @@ def build_plan(recipe: Recipe, sources: Mapping[str, Source], presets: Mapping[s
     mbw_b = format_weights(block_beta) if block_beta is not None else None
     name = merged_name(mode.id, a.name, b.name, c.name if c is not None else None, recipe.alpha, recipe.beta,
                        calcmode.id, mbw_a, mbw_b)
+    if calcmode.name_beta:
+        name += f"_beta_{recipe.beta:g}"
     return MergePlan(recipe, arch, mode, calcmode, dict(inputs, **({"VAE": sources["VAE"]} if "VAE" in sources else {})),
                      tasks, name, block_alpha, block_beta, entries, key_filter, notices, variant)
+
+
+def _ratios(recipe: Recipe, arch: Architecture, calcmode: CalcMode, presets: Mapping[str, str], notices: list[str]):
+    """Block weights and elemental entries, with the dice rolled where the recipe asks for chance.
+
+    Returns the recipe (with the seed actually used, when randomness is involved), the Dice (or
+    None), the alpha and beta block weights (or None) and the elemental entries."""
+    settings = DiceSettings.from_dict(recipe.random)
+    specs = {"alpha": recipe.mbw_alpha, "beta": recipe.mbw_beta}
+    if settings.on:
+        fill = settings.token_list(26 if arch.from_26 else arch.n_blocks)
+        for target in settings.targets:
+            if specs[target] is not None:
+                notices.append(f"random mode {settings.mode} replaces the weights {target} that were given.")
+            specs[target] = fill
+        if not settings.targets:
+            notices.append(f"random mode {settings.mode} has no target (alpha / beta): nothing is drawn.")
+    items = {w: weight_items(spec, presets, w) if spec is not None else None for w, spec in specs.items()}
+    entries = parse_elemental(recipe.elemental, arch)
+    chance = has_random(items["alpha"]) or has_random(items["beta"]) or any(e.random_token for e in entries)
+    dice = None
+    if chance or calcmode.needs_seed:
+        if recipe.seed is None or recipe.seed == -1:
+            recipe = recipe.replace(seed=draw_seed())
+            notices.append(f"random seed {recipe.seed} was drawn; the recorded recipe carries it "
+                           f"(--seed {recipe.seed} replays this merge).")
+        dice = Dice(recipe.seed, settings, arch)
+    weights: dict[str, tuple[float, ...] | None] = {}
+    for what in ("alpha", "beta"):
+        values = items[what]
+        if has_random(values):
+            values, elements = dice.resolve_list(values, list_names(len(values), arch, what), what)
+            if elements and what == "beta":
+                notices.append("ER/EU/EX in weights beta give 0: elemental ratios apply to alpha only.")
+            elif elements:
+                entries = entries + random_entries(elements, arch, len(entries) + 1)
+        weights[what] = parse_weights(values, arch, presets, what) if values is not None else None
+    return recipe, dice, weights["alpha"], weights["beta"], entries
 
 
 def _bake_vae(tasks: list[KeyTask], vae: Source) -> None:

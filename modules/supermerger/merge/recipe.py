@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import RecipeError, suggest
+from .dice import DiceSettings
+from .seeds import SEED_LIMIT
 
 RECIPE_VERSION = 1
 DTYPE_CHOICES = ("keep", "fp16", "bf16", "fp32")
@@ -41,7 +43,12 @@ class Recipe:
     bake_vae: str | None = None
     output: str | None = None
     overwrite: bool = False
+    # Seed of every random draw (dice-roll ratios, plus random, dare): None or -1 draws one when the
+    # merge needs it, and the recipe recorded with the merge carries the seed that was used.
     seed: int | None = None
+    # Dice-roll settings (merge.dice.DiceSettings as a dict): mode, targets, custom, upper, lower,
+    # clamp_upper, clamp_lower, round. None = off.
+    random: dict | None = None
     device: str = "cpu"
     # Recorded by the engine (hashes of the inputs), so a replay can check it got the same files.
     hashes: dict[str, str] = field(default_factory=dict)
@@ -109,3 +116,7 @@ class Recipe:
                 raise RecipeError(f"{source}: {name} must be a comma list, a list of numbers or a preset name.")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
             raise RecipeError(f"{source}: seed must be an integer, got {self.seed!r}.")
+        if self.seed is not None and not -1 <= self.seed <= SEED_LIMIT:
+            raise RecipeError(f"{source}: seed must be -1 (draw one) or between 0 and {SEED_LIMIT}, got {self.seed}.")
+        if self.random is not None:
+            self.random = DiceSettings.from_dict(self.random, source).to_dict()

@@ -3,6 +3,9 @@
 The first value is BASE (text encoder, VAE and anything outside the U-Net). SD1/SD2 take
 26 values, SDXL 20; a 26-value list given for SDXL keeps BASE, IN00-IN08, M00 and
 OUT00-OUT08 (the rule of the original, so SD1 presets work on SDXL).
+
+A list may hold the dice-roll tokens (R, U, X, D, ER, EU, EX); ``merge.dice`` replaces them by
+numbers (with the recipe's seed) before ``parse_weights`` reads the list.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ from typing import Mapping, Sequence
 from ..arch import Architecture, architectures
 from ..errors import RecipeError, suggest
 
-RANDOM_TOKENS = ("R", "U", "X")
+# Tokens that draw a block's ratio at random (spec §11.2); ER/EU/EX randomise every key of the block.
+RANDOM_TOKENS = ("R", "U", "X", "D", "ER", "EU", "EX")
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
 
@@ -44,31 +48,42 @@ def split_values(spec: str | Sequence[float], what: str) -> list[str]:
     return [str(v) for v in spec]
 
 
+def weight_items(spec: str | Sequence[float], presets: Mapping[str, str], what: str = "alpha") -> list[str]:
+    """The items of a weight list (preset names expanded), as text, before any conversion."""
+    return split_values(expand_preset(spec, presets, what), what)
+
+
+def has_random(items: Sequence[str] | None) -> bool:
+    return items is not None and any(str(i).strip().upper() in RANDOM_TOKENS for i in items)
+
+
+def list_names(n: int, arch: Architecture, what: str = "alpha") -> tuple[str, ...]:
+    """The block each position of an ``n``-value list stands for (``arch``'s own, or SD1's 26)."""
+    if n == 0:
+        raise RecipeError(f"Weights {what} are empty: give {arch.n_blocks} comma-separated values or a preset name.")
+    if n == arch.n_blocks:
+        return arch.blocks
+    if n == 26 and arch.from_26:
+        return architectures()["sd1"].blocks
+    valid_lengths = sorted({a.n_blocks for a in architectures().values()} | {26})
+    lengths = f"{arch.n_blocks}" + (" or 26 (converted)" if arch.from_26 else "")
+    raise RecipeError(
+        f"Weights {what} have {n} values, but {arch.label} needs {lengths}: "
+        f"{', '.join(arch.blocks[:3])}, ..., {arch.blocks[-1]}.",
+        "Valid list lengths: " + ", ".join(map(str, valid_lengths)) + " (20 = SDXL, 26 = SD1/SD2).")
+
+
 def parse_weights(spec: str | Sequence[float], arch: Architecture, presets: Mapping[str, str],
                   what: str = "alpha") -> tuple[float, ...]:
     """Weights for every block of ``arch`` (BASE first), from a list, comma text or preset name."""
-    items = split_values(expand_preset(spec, presets, what), what)
-    valid_lengths = sorted({a.n_blocks for a in architectures().values()} | {26})
-    n = len(items)
-    if n == 0:
-        raise RecipeError(f"Weights {what} are empty: give {arch.n_blocks} comma-separated values or a preset name.")
-    names_26 = architectures()["sd1"].blocks
-    if n == arch.n_blocks:
-        names = arch.blocks
-    elif n == 26 and arch.from_26:
-        names = names_26
-    else:
-        lengths = f"{arch.n_blocks}" + (" or 26 (converted)" if arch.from_26 else "")
-        raise RecipeError(
-            f"Weights {what} have {n} values, but {arch.label} needs {lengths}: "
-            f"{', '.join(arch.blocks[:3])}, ..., {arch.blocks[-1]}.",
-            "Valid list lengths: " + ", ".join(map(str, valid_lengths)) + " (20 = SDXL, 26 = SD1/SD2).")
+    items = weight_items(spec, presets, what)
+    names = list_names(len(items), arch, what)
     values: dict[str, float] = {}
     for pos, (name, item) in enumerate(zip(names, items), 1):
         if item.upper() in RANDOM_TOKENS:
             raise RecipeError(
-                f"Weights {what}, value {pos} ({name}) is the random token {item!r}; random ratios need "
-                "the dice-roll options (random mode and seed).")
+                f"Weights {what}, value {pos} ({name}) is the random token {item!r}; it has to be drawn "
+                "first (merge.dice, which the merge plan does with the recipe's seed).")
         if not is_number(item):
             raise RecipeError(f"Weights {what}, value {pos} ({name}) is {item!r}, not a number.",
                               "Use a decimal number such as 0.5 (a dot, not a comma, as decimal separator).")

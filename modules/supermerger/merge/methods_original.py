@@ -1,0 +1,228 @@
+"""The calculation modes of the original extension (spec §2), as pure per-tensor functions.
+
+Every function has the calcmode signature ``fn(a, b, c, alpha, beta, ctx)``: ``a``, ``b``, ``c``
+are float32 tensors of one key (scratch copies the function may overwrite; ``c`` is None when
+the mode has no model C), ``alpha`` / ``beta`` are that key's ratios after block weights and
+elemental, ``ctx`` is the key's MergeContext (key name, mode, gamma, prepass stats, seed). The
+result is a float32 tensor of the same shape; the executor rounds it once to the output dtype.
+
+Deliberate differences from the original's code (its evident intent, not its accidents):
+- zero-norm tensors give similarity 0 in cosineA/B instead of NaN weights;
+- tensor2 slices dim 1 only when it also computes its indices from dim 1 (shape[1] > 100);
+- ``plus random`` draws from a generator seeded by the recipe's seed and the key name.
+"""
+
+from __future__ import annotations
+
+import os
+
+from . import ndfilters
+from .seeds import key_generator
+
+VAE_PREFIX = "first_stage_model."
+SELF_SKIP = ("to_out", "proj_out", "norm")  # key substrings that self / plus random leave alone
+TRAIN_DIFFERENCE_GAIN = 1.8
+
+
+# -- cosineA / cosineB (spec §2.1) ---------------------------------------------------------------
+
+def _cos_dim0(x, y):
+    """Cosine similarity along dim 0 (a scalar for 1-D tensors); 0 where a side has zero norm."""
+    import torch.nn.functional as F
+
+    return F.cosine_similarity(x, y, dim=0)
+
+
+def _cos_flat(x, y):
+    """Cosine similarity of the flattened tensors, as a 0-d tensor; 0 if either norm is zero."""
+    den = x.norm() * y.norm()
+    dot = (x.reshape(-1) * y.reshape(-1)).sum()
+    return (dot / den).where(den != 0, dot.new_zeros(()))
+
+
+def _normalize_dim0(x):
+    import torch.nn.functional as F
+
+    return F.normalize(x, p=2, dim=0)
+
+
+def stats_similarity(a, b, variant: str):
+    """The per-key similarities that cosine's statistics pass collects (spec §2.1, Stage 0)."""
+    if variant == "A":
+        return _cos_dim0(_normalize_dim0(a), _normalize_dim0(b))
+    return (_cos_dim0(a, b) + _cos_flat(a, b)) / 2.0
+
+
+def cosine_stats_keys(plan):
+    """Keys of the statistics pass: float tensors (not 0-d) in A and B alike whose name contains
+    'model', except the VAE's."""
+    a_src, b_src = plan.sources["A"], plan.sources["B"]
+    for key, info in a_src.tensors.items():
+        other = b_src.tensors.get(key)
+        if "model" not in key or key.startswith(VAE_PREFIX) or other is None:
+            continue
+        if not info.is_float or not other.is_float or not info.shape or tuple(info.shape) != tuple(other.shape):
+            continue
+        yield key
+
+
+def trimmed_range(values) -> tuple[float, float]:
+    """min and max after dropping NaNs, then values under the 1st percentile, then values over the
+    99th percentile of what is left (numpy 'midpoint' percentiles, as the original)."""
+    import numpy as np
+
+    sims = np.asarray(values, dtype=np.float64)
+    sims = sims[~np.isnan(sims)]
+    if sims.size:
+        sims = sims[sims >= np.percentile(sims, 1, method="midpoint")]
+    if sims.size:
+        sims = sims[sims <= np.percentile(sims, 99, method="midpoint")]
+    if not sims.size:
+        return 0.0, 1.0
+    return float(sims.min()), float(sims.max())
+
+
+def _cosine_prepass(plan, variant: str) -> dict:
+    import numpy as np
+
+    parts = []
+    a_src, b_src = plan.sources["A"], plan.sources["B"]
+    for key in cosine_stats_keys(plan):
+        a = a_src.tensor(key).float()
+        b = b_src.tensor(key).float()
+        parts.append(stats_similarity(a, b, variant).reshape(-1).double().numpy())
+    smin, smax = trimmed_range(np.concatenate(parts) if parts else [])
+    return {"smin": smin, "smax": smax}
+
+
+def cosine_a_prepass(plan) -> dict:
+    return _cosine_prepass(plan, "A")
+
+
+def cosine_b_prepass(plan) -> dict:
+    return _cosine_prepass(plan, "B")
+
+
+def _cosine_k(x, y, stats: dict, shift: float):
+    simab = _cos_dim0(x, y)
+    c = (simab + _cos_flat(x, y)) / 2.0
+    span = stats["smax"] - stats["smin"]
+    scaled = (c - stats["smin"]) / span if span > 0 else c.new_ones(c.shape)
+    return (scaled - shift).clamp(0.0, 1.0)
+
+
+def cosine_a(a, b, c, alpha, beta, ctx):
+    """Keeps A's structure: the more similar A and B are, the more A is kept (normalised inputs)."""
+    if a.ndim == 0:
+        return a
+    k = _cosine_k(_normalize_dim0(a), _normalize_dim0(b), ctx.stats, abs(alpha))
+    return b.lerp_(a, k)
+
+
+def cosine_b(a, b, c, alpha, beta, ctx):
+    """Like cosineA on the raw tensors, with alpha used as given (no abs)."""
+    if a.ndim == 0:
+        return a
+    k = _cosine_k(a, b, ctx.stats, alpha)
+    return b.lerp_(a, k)
+
+
+# -- trainDifference (spec §2.2) -----------------------------------------------------------------
+
+def train_difference(a, b, c, alpha, beta, ctx):
+    """A + α·1.8·s·(B − C) with s = |B − A| / (|B − C| + |B − A|) (0 where both are 0).
+
+    Where B equals C the addition is zero, so a key whose B and C are identical stays A."""
+    diff = b - c
+    dist0 = diff.abs()
+    dist1 = (b - a).abs_()
+    total = dist0 + dist1
+    share = (dist1 / total).where(total != 0, total.new_zeros(()))
+    new = diff.sign_().mul_(share.abs_()).mul_(dist0)
+    return a.add_(new * (alpha * TRAIN_DIFFERENCE_GAIN))
+
+
+# -- smoothAdd / smoothAdd MT (spec §2.3) --------------------------------------------------------
+
+def smooth_add(a, b, c, alpha, beta, ctx):
+    """A + α·gauss(median(B − C)): the difference, smoothed, added to A."""
+    return a.add_(ndfilters.smooth(b.sub_(c), workers=1), alpha=alpha)
+
+
+def smooth_add_mt(a, b, c, alpha, beta, ctx):
+    """smoothAdd with the filters split across worker threads (one per CPU); identical results."""
+    return a.add_(ndfilters.smooth(b.sub_(c), workers=os.cpu_count() or 1), alpha=alpha)
+
+
+# -- extract (spec §2.4) -------------------------------------------------------------------------
+
+def extract(a, b, c, alpha, beta, ctx):
+    """A + lerp(B−A, C−A, α) · lerp(d, 1−d, β), d = ((cos(B−A, C−A along the last dim) + 1)/2)^γ."""
+    import torch.nn.functional as F
+
+    shape = a.shape
+    if a.ndim == 0:
+        a, b, c = a.reshape(1), b.reshape(1), c.reshape(1)
+    x = b.sub_(a)
+    y = c.sub_(a)
+    cos = F.cosine_similarity(x, y, dim=-1).clamp(-1.0, 1.0).unsqueeze(-1)
+    d = ((cos + 1.0) / 2.0).pow(ctx.gamma)
+    return a.add_(x.lerp_(y, alpha).mul_(d.lerp(1.0 - d, beta))).reshape(shape)
+
+
+# -- tensor / tensor2 (spec §2.5) ----------------------------------------------------------------
+
+def _exchange(a, b, alpha: float, beta: float, axis: int):
+    """Copy a band of slices along ``axis`` from B into A (or, past 1, from A into B)."""
+    n = a.shape[axis]
+    if alpha + beta <= 1:
+        start, end, dest, src = int(n * beta), int(n * (alpha + beta)), a, b
+    else:  # the band wraps around: B everywhere except [α+β−1, β) which stays A
+        start, end, dest, src = int(n * (alpha + beta - 1)), int(n * beta), b, a
+    index = [slice(None)] * a.ndim
+    index[axis] = slice(start, end)
+    dest[tuple(index)] = src[tuple(index)]
+    return dest
+
+
+def tensor(a, b, c, alpha, beta, ctx):
+    """Exchange rows (dim 0) instead of averaging: rows [β, α+β) of the tensor come from B."""
+    if a.ndim == 0:
+        return a
+    return _exchange(a, b, alpha, beta, 0)
+
+
+def tensor2(a, b, c, alpha, beta, ctx):
+    """tensor along dim 1 for wide tensors (ndim ≥ 2 and shape[1] > 100), else along dim 0."""
+    if a.ndim == 0:
+        return a
+    axis = 1 if a.ndim >= 2 and a.shape[1] > 100 else 0
+    return _exchange(a, b, alpha, beta, axis)
+
+
+# -- self / plus random (spec §2.6, §2.7) --------------------------------------------------------
+
+def self_scale(a, b, c, alpha, beta, ctx):
+    """A·α (α = 0 leaves A unchanged); B is not used."""
+    return a.mul_(alpha) if alpha != 0 else a
+
+
+def plus_random(a, b, c, alpha, beta, ctx):
+    """A + α·N(0, 1) noise, drawn from the recipe's seed and the key name (α = 0 leaves A)."""
+    import torch
+
+    if alpha == 0:
+        return a
+    noise = torch.randn(a.shape, generator=key_generator(ctx.seed, ctx.key, "plus random"), dtype=torch.float32)
+    return a.add_(noise.to(a.device), alpha=alpha)
+
+
+# -- key rules -------------------------------------------------------------------------------------
+
+def skip_vae(key: str) -> str | None:
+    return "cosine leaves the VAE to A" if key.startswith(VAE_PREFIX) else None
+
+
+def skip_self_keys(key: str) -> str | None:
+    hit = next((s for s in SELF_SKIP if s in key), None)
+    return f"'{hit}' keys are left to A" if hit else None
