@@ -27,6 +27,8 @@ EXAMPLES = textwrap.dedent("""\
       supermerger merge -a A.safetensors -b B.safetensors --elemental "OUT03 OUT04:attn2 attn1.to_out:0.5" --dry-run
       supermerger merge --recipe recipe.json --explain --dry-run
       supermerger merge --recipe-from merged.safetensors -o replayed.safetensors
+      supermerger merge -a A.safetensors -b B.safetensors -c C.safetensors --calcmode trainDifference --alpha 1 -o out.safetensors
+      supermerger merge -a A.safetensors -b B.safetensors --random-mode R --seed -1 -o dice.safetensors
       supermerger merge            (no models: merges two built-in tiny demo models)
     """)
 
@@ -39,9 +41,11 @@ def _add_merge_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("how to merge")
     g.add_argument("-m", "--mode", help='weight_sum (default), add_difference, triple_sum, sum_twice, or the '
                    'original labels "Weight sum", "Add difference", "Triple sum", "sum Twice"')
-    g.add_argument("--calcmode", help="calculation mode (see `supermerger calcmodes`); default normal")
+    g.add_argument("--calcmode", metavar="NAME", help="calculation mode, default normal; the list is at the end of "
+                   "this help (case, spaces and '_' do not matter: smoothadd_mt = \"smoothAdd MT\")")
     g.add_argument("--alpha", type=float, help="alpha ratio (default 0.5)")
-    g.add_argument("--beta", type=float, help="beta ratio for Triple sum / sum Twice (default 0.25)")
+    g.add_argument("--beta", type=float, help="beta ratio for Triple sum / sum Twice, and the calcmodes that use it "
+                   "(tensor band start, extract, density of ties/dare) (default 0.25)")
     g.add_argument("--gamma", type=float, help="gamma for calcmodes that use it (default 0.3)")
     g.add_argument("--mbw-alpha", metavar="WEIGHTS", help="block weights for alpha: 26 values (SD1/SD2), 20 (SDXL; "
                    "26 are converted) or a preset name (see `supermerger presets`); BASE first")
@@ -51,8 +55,21 @@ def _add_merge_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--include", metavar="LIST", help='merge only these blocks / key substrings, e.g. "IN04 OUT05 attn2"')
     g.add_argument("--exclude", metavar="LIST", help='keep these blocks / key substrings from A, e.g. "BASE VAE"')
     g.add_argument("--adjust", metavar="8 VALUES", help="IN,OUT,OUT2,CONT,BRI,COL1,COL2,COL3 detail/colour tweak")
-    g.add_argument("--seed", type=int, help="seed for random ratios")
+    g.add_argument("--seed", "--random-seed", dest="seed", type=int, help="seed of every random draw (dice roll, "
+                   "plus random, dare); -1 draws one, which is recorded in the output's recipe")
     g.add_argument("--device", help="cpu (default) or cuda")
+    g = p.add_argument_group("let the dice roll (random block ratios, replayable from the seed)")
+    g.add_argument("--random-mode", metavar="MODE", help="off, R, U, X, D, ER, EU, EX or custom: fill the weights with "
+                   "this token (R 0..1, U -0.5..1.5, X between the limits, D midpoint±range/2, E*: per key)")
+    g.add_argument("--random-targets", metavar="alpha,beta", help="which weights the random mode fills (default alpha)")
+    g.add_argument("--random-custom", metavar="WEIGHTS", help="the weights for --random-mode custom, tokens and numbers "
+                   "mixed (default U,0,...,0,R,...,R)")
+    g.add_argument("--random-upper", metavar="LIST", help="upper limit for X, midpoint for D: one value or one per block")
+    g.add_argument("--random-lower", metavar="LIST", help="lower limit for X, range for D; 0.2R0.5 = 0.2 with "
+                   "probability 0.5, else 0")
+    g.add_argument("--random-clamp-upper", metavar="LIST", help="every drawn block ratio is at most this (default 1)")
+    g.add_argument("--random-clamp-lower", metavar="LIST", help="every drawn block ratio is at least this (default 0)")
+    g.add_argument("--round", type=int, metavar="N", help="decimals of the drawn ratios (default 3)")
     g = p.add_argument_group("output")
     g.add_argument("-o", "--output", help="output file (.safetensors or .ckpt); default: a name built from the merge, "
                    "in the current folder")
@@ -70,6 +87,16 @@ def _add_merge_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
+def _calcmode_list() -> str:
+    """The calcmodes for the end of `merge --help`: one line each, from the registry."""
+    from .merge.calcmodes import CALCMODES
+
+    width = max(len(cm.id) for cm in CALCMODES.values()) + 2
+    lines = ["", "calculation modes (--calcmode NAME; details: `supermerger calcmodes`, calcmode_en.md):"]
+    lines += [f"  {cm.id:<{width}}{cm.summary}" for cm in CALCMODES.values()]
+    return "\n".join(lines) + "\n"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="supermerger",
@@ -78,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Run `supermerger merge --help` for every merge option.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    m = sub.add_parser("merge", help="merge two or three checkpoints into a file", epilog=EXAMPLES,
+    m = sub.add_parser("merge", help="merge two or three checkpoints into a file", epilog=EXAMPLES + _calcmode_list(),
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Merge checkpoints. Without any model, merges two built-in tiny demo models.")
     _add_merge_args(m)
@@ -115,6 +142,9 @@ def _recipe_from_args(args) -> "Recipe":
             changes["elemental"] = path.read_text(encoding="utf-8")
         except OSError as e:
             raise SuperMergerError(f"Cannot read elemental file {str(path)!r}: {e.strerror or e}.") from None
+    dice = _dice_from_args(args, recipe.random)
+    if dice is not None:
+        changes["random"] = dice
     if "include" in changes and recipe.exclude:
         changes["exclude"] = None
     if "exclude" in changes and recipe.include:
@@ -122,6 +152,19 @@ def _recipe_from_args(args) -> "Recipe":
     recipe = recipe.replace(**changes)
     recipe.check_types("options")
     return recipe
+
+
+_DICE_OPTIONS = {"random_mode": "mode", "random_targets": "targets", "random_custom": "custom",
+                 "random_upper": "upper", "random_lower": "lower", "random_clamp_upper": "clamp_upper",
+                 "random_clamp_lower": "clamp_lower", "round": "round"}
+
+
+def _dice_from_args(args, base: dict | None) -> dict | None:
+    """The recipe's dice-roll settings with the --random-* options laid over them (None if none)."""
+    given = {name: getattr(args, opt) for opt, name in _DICE_OPTIONS.items() if getattr(args, opt, None) is not None}
+    if not given:
+        return None
+    return dict(base or {}, **given)
 
 
 def _demo_models() -> tuple[str, str]:
@@ -147,6 +190,7 @@ def cmd_merge(args) -> int:
         recipe = recipe.replace(model_a=a, model_b=b)
         print(f"No models given: merging the built-in demo models (tiny synthetic SD1 checkpoints)\n  {a}\n  {b}")
     plan = plan_merge(recipe)
+    recipe = plan.recipe  # with the seed drawn for random ratios, so the merge below uses the same draws
     for line in plan.summary_lines():
         print(line)
     if args.explain:
@@ -227,10 +271,11 @@ def cmd_blocks(args) -> int:
 
 
 def cmd_calcmodes(args) -> int:
-    from .merge.calcmodes import CALCMODES
+    from .merge.calcmodes import CALCMODES, describe
 
     for cm in CALCMODES.values():
         print(f"{cm.id:<16} {cm.summary}")
+        print(f"{'':<16}   {describe(cm)}")
     return 0
 
 

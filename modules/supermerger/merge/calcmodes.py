@@ -98,12 +98,11 @@ def register(cm: CalcMode) -> CalcMode:
 for _cm in (
     CalcMode("normal", "the mode's formula, computed in float32 with one rounding", _normal, linear=True,
              params="alpha, beta: as the merge mode"),
-    CalcMode("cosineA", "Weight sum that keeps A's structure: where A and B point alike (cosine similarity, "
-             "normalised), A is kept", orig.cosine_a, elementwise=False, modes=("weight_sum",),
+    CalcMode("cosineA", "Weight sum by cosine similarity per column: where A and B agree A stays, elsewhere B",
+             orig.cosine_a, elementwise=False, modes=("weight_sum",),
              prepass=orig.cosine_a_prepass, keep=orig.skip_vae,
              params="alpha: shifts the blend toward B (|alpha| is used)"),
-    CalcMode("cosineB", "Weight sum guided by B's structure: cosine similarity of the raw tensors decides how much "
-             "A is kept", orig.cosine_b, elementwise=False, modes=("weight_sum",), prepass=orig.cosine_b_prepass,
+    CalcMode("cosineB", "cosineA on the raw (not normalised) tensors, alpha taken with its sign", orig.cosine_b, elementwise=False, modes=("weight_sum",), prepass=orig.cosine_b_prepass,
              keep=orig.skip_vae, params="alpha: shifts the blend toward B"),
     CalcMode("trainDifference", "Add difference that scales B−C by how far B is from A, like training it into A",
              orig.train_difference, modes=("add_difference",), force_mode="add_difference",
@@ -132,8 +131,8 @@ for _cm in (
              needs_seed=True, params="alpha: noise strength (0 leaves A); seed: --seed"),
     CalcMode("slerp", "spherical interpolation between A and B, per tensor (Shoemake 1985)",
              modern.slerp, elementwise=False, modes=("weight_sum",), params="alpha: 0 = A, 1 = B"),
-    CalcMode("ties", "TIES-merging of A and B over their common base C: trim, elect sign, disjoint mean "
-             "(Yadav et al. 2023)", modern.ties, elementwise=False, modes=("add_difference",),
+    CalcMode("ties", "TIES-merging (Yadav et al. 2023) of A and B over their base C: trim, elect sign, mean",
+             modern.ties, elementwise=False, modes=("add_difference",),
              uses_beta=True, needs_c=True, check=_check_ties,
              params="alpha: B's share (0 = A's changes, 1 = B's); beta: density kept per tensor; C: the base"),
     CalcMode("dare", "Add difference with B−C randomly dropped and rescaled, seeded (Yu et al. 2024)",

@@ -54,28 +54,37 @@ def _run(bounds: list[tuple[int, int]], job: Callable[[int, int], None], workers
             pass
 
 
+def _pad(x, axis: int, width: int):
+    """``x`` extended by ``width`` positions on both ends of ``axis`` with 'reflect' borders."""
+    import torch
+
+    n = x.shape[axis]
+    return x.index_select(axis, reflect(torch.arange(-width, n + width, device=x.device), n))
+
+
 def median3(x, workers: int = 1):
     """Median of each element's 3×3×…×3 neighbourhood (all axes), 'reflect' borders."""
     import torch
 
     if x.ndim == 0:
         return x.clone()
+    padded = x
+    for axis in range(x.ndim):
+        padded = _pad(padded, axis, 1)
     out = torch.empty_like(x)
     shape = x.shape
-    arange = [torch.arange(n, device=x.device) for n in shape]
-    shifted = [[reflect(arange[d] + k, shape[d]) for k in (-1, 0, 1)] for d in range(x.ndim)]
     count = 3 ** x.ndim
-    row_elems = math.prod(shape[1:])
 
     def job(s: int, e: int) -> None:
-        rows = arange[0][s:e]
-        views = [x.index_select(0, reflect(rows + k, shape[0])) for k in (-1, 0, 1)]
-        for d in range(1, x.ndim):
-            views = [v.index_select(d, idx) for v in views for idx in shifted[d]]
+        views = []
+        for offsets in itertools.product(range(3), repeat=x.ndim):
+            index = (slice(s + offsets[0], e + offsets[0]),) + tuple(
+                slice(o, o + n) for o, n in zip(offsets[1:], shape[1:]))
+            views.append(padded[index])
         # 3^ndim is odd, so torch's median is the exact middle value (as scipy's rank filter)
         out[s:e] = torch.stack(views, dim=-1).median(dim=-1).values
 
-    _run(_slabs(shape[0], row_elems, count), job, workers)
+    _run(_slabs(shape[0], math.prod(shape[1:]), count), job, workers)
     return out
 
 
@@ -88,32 +97,26 @@ def gaussian(x, workers: int = 1):
     w = gaussian_weights()
     radius = len(w) - 1
     shape = x.shape
-    row_elems = math.prod(shape[1:])
-    arange = [torch.arange(n, device=x.device) for n in shape]
     cur = x
     for axis in range(x.ndim):
         n = shape[axis]
+        padded = _pad(cur, axis, radius)
         out = torch.empty_like(x)
-        taps = {j: reflect(arange[axis] + j, n) for j in range(-radius, radius + 1)}
 
-        def job(s: int, e: int, cur=cur, out=out, axis=axis, taps=taps) -> None:
-            if axis == 0:
-                rows = arange[0][s:e]
-
-                def pick(j):
-                    return cur.index_select(0, reflect(rows + j, n)).double()
-            else:
-                slab = cur[s:e]
-
-                def pick(j):
-                    return slab.index_select(axis, taps[j]).double()
+        def job(s: int, e: int, padded=padded, out=out, axis=axis, n=n) -> None:
+            def tap(j):  # the input shifted by j along axis, for output rows [s, e)
+                if axis == 0:
+                    return padded[s + radius + j:e + radius + j].double()
+                index = [slice(s, e)] + [slice(None)] * (x.ndim - 1)
+                index[axis] = slice(radius + j, radius + j + n)
+                return padded[tuple(index)].double()
             # the centre tap first, then the symmetric pairs from the outside in
-            acc = pick(0) * w[0]
+            acc = tap(0) * w[0]
             for j in range(radius, 0, -1):
-                acc += (pick(-j) + pick(j)) * w[j]
+                acc += (tap(-j) + tap(j)) * w[j]
             out[s:e] = acc
 
-        _run(_slabs(shape[0], row_elems, 2 * (radius + 1)), job, workers)
+        _run(_slabs(shape[0], math.prod(shape[1:]), 2 * (radius + 1)), job, workers)
         cur = out
     return cur
 

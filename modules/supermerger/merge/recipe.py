@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import RecipeError, suggest
+from .calcmodes import get_calcmode
 from .dice import DiceSettings
 from .seeds import SEED_LIMIT
 
@@ -108,6 +109,9 @@ class Recipe:
         if self.dtype not in DTYPE_CHOICES:
             raise RecipeError(f"{source}: dtype {self.dtype!r} is not one of {', '.join(DTYPE_CHOICES)}.",
                               suggest(self.dtype, DTYPE_CHOICES))
+        if not isinstance(self.calcmode, str):
+            raise RecipeError(f"{source}: calcmode must be a name, got {self.calcmode!r}.")
+        get_calcmode(self.calcmode)  # an unknown name fails here, with the nearest suggested
         if self.include and self.exclude:
             raise RecipeError(f"{source}: include and exclude cannot both be set; use one of them.")
         for name in ("mbw_alpha", "mbw_beta"):
