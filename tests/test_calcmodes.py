@@ -490,3 +490,17 @@ def test_ties_dare_entries_come_from_the_rescaled_vectors():
     cands = torch.stack([torch.zeros(n), 2 * ta, 2 * tb, ta + tb])
     assert ((cands - out).abs().min(0).values < 1e-5).all()
     assert torch.equal(out + c, run("ties_dare", c + ta, c + tb, c, alpha=0.5, beta=0.5, seed=5))
+
+
+# -- the guides -----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("doc", ["calcmode_en.md", "calcmode_ja.md"])
+def test_guides_explain_every_calcmode(doc):
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / doc).read_text(encoding="utf-8")
+    headings = [line for line in text.splitlines() if line.startswith("## ")]
+    table = [line for line in text.splitlines() if line.startswith("| [")]
+    for cm in CALCMODES.values():
+        assert any(cm.id in h for h in headings), f"{doc}: no section for {cm.id}"
+        assert any(line.startswith(f"| [{cm.id}]") for line in table), f"{doc}: {cm.id} missing from the table"
