@@ -34,6 +34,7 @@ class SafetensorsWriter:
         self.size = len(self.header) + self.expected
         check_free_space(self.path, self.size)
         self._cm = atomic_open(self.path, overwrite=overwrite, fsync=fsync)
+        self._replacing = self.path.exists()
         self._f = None
         self._fd = -1
         self.written = 0
@@ -50,6 +51,20 @@ class SafetensorsWriter:
         self._pwrite_all(memoryview(self.header), 0)
         self._pos = self._filled = len(self.header)
         return self
+
+    def release_replaced(self) -> None:
+        """Drop the page cache of the file this one will replace (its data stays on disk until the
+        rename). The kernel then finds those pages at hand for the new file's; writing into memory
+        that was given up long ago is several times slower on virtual machines. A few tenths of a
+        second: the writer thread does it while torch is imported."""
+        if not self._replacing or not hasattr(os, "posix_fadvise"):
+            return
+        with contextlib.suppress(OSError):
+            fd = os.open(self.path, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
 
     def _pwrite_all(self, mv: memoryview, offset: int) -> None:
         done, n = 0, len(mv)

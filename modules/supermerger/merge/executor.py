@@ -24,6 +24,7 @@ Where the time goes, and what is done about it (see bench/README.md for the figu
 from __future__ import annotations
 
 import contextlib
+import gc
 import queue
 import threading
 from dataclasses import dataclass, field
@@ -410,12 +411,16 @@ class FileSink:
     def _run(self) -> None:
         prefill = self.prefill
         try:
+            release = getattr(self.writer, "release_replaced", None)
+            if release is not None:
+                release()
             while True:
                 if prefill is not None:
                     try:
                         item = self.q.get_nowait()
+                        prefill = None  # the merge is running: from now on only its data is written
                     except queue.Empty:
-                        if self.abort.is_set() or prefill() == 0:
+                        if self.abort.is_set() or prefill(64 * 2**20) == 0:
                             prefill = None
                         continue
                 else:
@@ -488,6 +493,10 @@ def execute(plan: MergePlan, sink_kind: str, *, writer=None, target: Mapping | N
     reader: _Reader | None = None
     # The writer thread starts first: it prefills the output while torch is being imported.
     sink = FileSink(writer, free, abort, prefill=prefill) if sink_kind == "file" else None
+    gc_was_enabled = gc.isenabled()
+    # The cyclic garbage collector walks torch's ~100k objects over and over during its import
+    # (a few tenths of a second); the merge itself makes no cycles worth collecting.
+    gc.disable()
     try:
         import torch
 
@@ -530,6 +539,8 @@ def execute(plan: MergePlan, sink_kind: str, *, writer=None, target: Mapping | N
         abort.set()
         if reader is not None:
             reader.join(timeout=5)
+        if gc_was_enabled:
+            gc.enable()
     if sink_kind == "memory":
         return result
     if sink_kind == "into":
