@@ -445,7 +445,10 @@ class FileSink:
 
 
 def _bytes_of(t):
-    return memoryview(t.numpy()).cast("B") if t.numel() else b""
+    """The bytes of a flat contiguous CPU tensor, without a copy (bfloat16 has no numpy type: view as bytes)."""
+    import torch
+
+    return memoryview(t.view(torch.uint8).numpy()) if t.numel() else b""
 
 
 def _into_targets(plan: MergePlan, target: Mapping) -> dict:
