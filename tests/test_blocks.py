@@ -176,3 +176,15 @@ def test_explain_and_dry_run_read_no_tensor(models, monkeypatch):
     assert "weights alpha IN01" in row and "0.9167" in row  # GRAD_V: IN00 = 1, IN01 = 11/12
     text = "\n".join(plan.summary_lines())
     assert "SD1.x" in text and "GiB" in text and "peak memory" in text
+
+
+def test_dry_run_reports_matches_per_elemental_entry(models):
+    plan = supermerger.plan_merge(Recipe(model_a=str(models[("sd1", "A")]), model_b=str(models[("sd1", "B")]),
+                                         elemental="OUT06:attn:0.5,OUT06:attn2.to_k:0.2,OUT06:attn2.to_k:0.3,OUT03:zzz:1"))
+    A = load(models[("sd1", "A")])
+    n_attn = sum(1 for k in merged_keys(A) if block_sd1(k) == "OUT06" and "attn" in k)
+    lines = [l for l in plan.summary_lines() if l.strip().startswith("#")]
+    assert f"matches {n_attn:5d} keys, decides {n_attn - 1:5d}" in lines[0]
+    assert "overridden by a later entry" in lines[1]
+    assert "decides     1" in lines[2] and "warning" not in lines[2]
+    assert "matches no key" in lines[3]

@@ -141,10 +141,15 @@ class MergePlan:
         lines.append("rules        :")
         for why, n in sorted(self.rule_counts().items(), key=lambda kv: -kv[1]):
             lines.append(f"  {n:6d} keys  {why}")
+        if self.elemental:
+            lines.append("elemental    :")
+        mergeable = [t for t in self.tasks if t.block is not None and _eligible(t.key)]
         for e in self.elemental:
-            n = sum(1 for t in self.tasks if t.why.startswith(e.describe()))
-            if n == 0:
-                lines.append(f"  warning: {e.describe()} matches no key")
+            matched = sum(1 for t in mergeable if e.matches(t.key, t.block))
+            decided = sum(1 for t in self.tasks if t.why.startswith(e.describe()))
+            note = ("  warning: matches no key" if matched == 0 else
+                    "  warning: every match is overridden by a later entry" if decided == 0 else "")
+            lines.append(f"  #{e.index:<3} matches {matched:5d} keys, decides {decided:5d}  '{e.text}'{note}")
         gib = 2 ** 30
         lines.append(f"read         : {self.bytes_to_read() / gib:.2f} GiB   write: {self.bytes_to_write() / gib:.2f} GiB"
                      f"   dtype: {r.dtype}")
