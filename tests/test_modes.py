@@ -153,3 +153,20 @@ def test_library_accepts_state_dicts_and_ckpt(models):
                                         alpha=0.5)).state_dict
     for k in a:
         assert torch.equal(out_mem[k], out_file[k]), k
+
+
+def test_instruct_pix2pix_a_and_sd2_vpred_marker(tmp_path):
+    from supermerger.testing.synthetic import make_state_dict
+
+    a = make_state_dict("sd1", seed=5, in_channels=8)
+    b = make_state_dict("sd1", seed=6)
+    result = supermerger.merge(Recipe(alpha=0.25), models={"A": a, "B": b})
+    k = "model.diffusion_model.input_blocks.0.0.weight"
+    assert result.plan.variant == "instruct-pix2pix"
+    assert_close_dtype(result.state_dict[k][:, :4], 0.75 * a[k][:, :4].float() + 0.25 * b[k].float(), torch.float16, k)
+    assert torch.equal(result.state_dict[k][:, 4:], a[k][:, 4:])
+    # an SD2 v-prediction file marks itself with a `v_pred` key: recognised as SD2, the marker kept from A
+    a2, b2 = make_state_dict("sd2", seed=1), make_state_dict("sd2", seed=2)
+    a2["v_pred"] = torch.tensor([])
+    result = supermerger.merge(Recipe(alpha=0.5), models={"A": a2, "B": b2})
+    assert result.plan.arch.id == "sd2" and "v_pred" in result.state_dict

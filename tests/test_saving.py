@@ -151,3 +151,30 @@ def test_stop_event_cancels_and_writes_nothing(models, tmp_path):
         supermerger.merge(Recipe(model_a=str(models[("sd1", "A")]), model_b=str(models[("sd1", "B")])), output=out,
                           progress=progress, stop=stop)
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_kill_mid_write_leaves_nothing_under_the_output_name(models, tmp_path):
+    """A process killed (SIGKILL) halfway through writing leaves no file under the output name."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+
+    if not hasattr(signal, "SIGKILL"):
+        pytest.skip("needs SIGKILL")
+    out = tmp_path / "killed.safetensors"
+    script = textwrap.dedent(f"""
+        import os, signal, supermerger
+        def progress(done, total):
+            if done > total // 2:
+                os.kill(os.getpid(), signal.SIGKILL)
+        supermerger.merge(supermerger.Recipe(model_a={str(models[("sd1", "A")])!r}, model_b={str(models[("sd1", "B")])!r}),
+                          output={str(out)!r}, progress=progress)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120,
+                          env=dict(os.environ, SUPERMERGER_HOME=str(tmp_path / "home")))
+    assert proc.returncode == -signal.SIGKILL
+    assert not out.exists()
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name != "home"]
+    assert all(name.startswith(".killed.safetensors.") and name.endswith(".part") for name in leftovers)
