@@ -8,8 +8,10 @@ new ratios, no second copy of it). Buffers are recycled through a fixed number o
 peak memory is set by the chunk size, not by the size of the models.
 
 Where the time goes, and what is done about it (see bench/README.md for the figures):
-- ``import torch`` takes about 2 s. The file sink's thread starts before it and spends that time
-  laying out the output file's pages (``SafetensorsWriter.prefill``), the dearest part of writing.
+- ``import torch`` takes 1-2 s: the cyclic garbage collector is paused during it and the merge,
+  and the command line skips the interpreter's teardown of torch at exit (another 0.4 s).
+- Writing the output's pages is the dearest part; see io/writer.py for how a replaced output's
+  pages are recycled.
 - Arithmetic runs on one intra-op thread: the chunks are small and the other core is busy with
   reading and writing; torch's two-thread default made element-wise work 5-30x slower here when
   the machine had other load (threads waiting on each other at every operation).
@@ -367,16 +369,12 @@ def intra_op_threads(n: int):
 # -- sinks ---------------------------------------------------------------------------------------
 
 class FileSink:
-    """Append output chunks to a safetensors file on a writer thread (header already written).
+    """Append output chunks to a safetensors file on a writer thread (header already written)."""
 
-    While no chunk is waiting, the thread prefills the file ahead of the data (see
-    ``SafetensorsWriter.prefill``); it starts before ``import torch`` so that the two overlap."""
-
-    def __init__(self, writer, free: queue.Queue, abort: threading.Event, prefill: bool = True):
+    def __init__(self, writer, free: queue.Queue, abort: threading.Event):
         self.writer, self.free, self.abort = writer, free, abort
         self.q: queue.Queue = queue.Queue(maxsize=SLOTS)
         self.error: BaseException | None = None
-        self.prefill = getattr(writer, "prefill", None) if prefill else None
         self.thread = threading.Thread(target=self._run, daemon=True, name="supermerger-writer")
         self.thread.start()
 
@@ -409,22 +407,9 @@ class FileSink:
                 continue
 
     def _run(self) -> None:
-        prefill = self.prefill
         try:
-            release = getattr(self.writer, "release_replaced", None)
-            if release is not None:
-                release()
             while True:
-                if prefill is not None:
-                    try:
-                        item = self.q.get_nowait()
-                        prefill = None  # the merge is running: from now on only its data is written
-                    except queue.Empty:
-                        if self.abort.is_set() or prefill(64 * 2**20) == 0:
-                            prefill = None
-                        continue
-                else:
-                    item = self.q.get()
+                item = self.q.get()
                 if item is None:
                     return
                 w, data = item
@@ -482,7 +467,7 @@ class _Aborted(Exception):
 def execute(plan: MergePlan, sink_kind: str, *, writer=None, target: Mapping | None = None, device: str = "cpu",
             progress: Callable[[int, int], None] | None = None, stop: threading.Event | None = None,
             chunk_elems: int = CHUNK_ELEMS, window: int = WINDOW_ELEMS, staged: bool | None = None,
-            threads: int | None = 1, prefill: bool = True) -> dict | None:
+            threads: int | None = 1) -> dict | None:
     """Run ``plan``. ``sink_kind``: "file" (needs ``writer``), "memory" (returns a new state dict) or
     "into" (overwrites the tensors of ``target`` in place and returns it).
 
@@ -494,8 +479,7 @@ def execute(plan: MergePlan, sink_kind: str, *, writer=None, target: Mapping | N
     abort = threading.Event()
     free: queue.Queue = queue.Queue()
     reader: _Reader | None = None
-    # The writer thread starts first: it prefills the output while torch is being imported.
-    sink = FileSink(writer, free, abort, prefill=prefill) if sink_kind == "file" else None
+    sink = FileSink(writer, free, abort) if sink_kind == "file" else None
     gc_was_enabled = gc.isenabled()
     # The cyclic garbage collector walks torch's ~100k objects over and over during its import
     # (a few tenths of a second); the merge itself makes no cycles worth collecting.
