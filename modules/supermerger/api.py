@@ -36,6 +36,7 @@ class MergeResult:
     metadata: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
     notices: list[str] = field(default_factory=list)
+    history_id: int | None = None  # the merge's ID in the merge history (None when not recorded)
 
 
 ModelLike = Any  # a path, a state dict, or a Source
@@ -83,13 +84,16 @@ def plan_merge(recipe: Recipe, models: Mapping[str, ModelLike] | None = None,
 def merge(recipe: Recipe, *, models: Mapping[str, ModelLike] | None = None, output: str | os.PathLike | None = None,
           overwrite: bool | None = None, device: str | None = None,
           progress: Callable[[int, int], None] | None = None, stop: threading.Event | None = None,
-          presets: Mapping[str, str] | None = None, into: Mapping | None = None) -> MergeResult:
+          presets: Mapping[str, str] | None = None, into: Mapping | None = None, history: bool = True) -> MergeResult:
     """Merge per ``recipe``. With an output path (argument or ``recipe.output``) the result is streamed
     to that file; without one the merged state dict is returned in memory.
 
     ``into``: an existing state dict (a live model's parameters, for instance) whose tensors are
     overwritten in place with the result — no second copy of the model is made. It must hold
-    every output key with the same shape (any dtype and device); ``result.state_dict`` is it."""
+    every output key with the same shape (any dtype and device); ``result.state_dict`` is it.
+
+    ``history``: record the merge in the merge history (``result.history_id``); a history that
+    cannot be written adds a notice and never fails the merge."""
     from .merge.executor import execute
     from .merge.metadata import build_metadata
 
@@ -110,6 +114,10 @@ def merge(recipe: Recipe, *, models: Mapping[str, ModelLike] | None = None, outp
         check_output_path(out, overwrite)
     _check_device(device)
     plan = plan_merge(recipe, models, presets)
+    if history:
+        from . import history as history_mod
+
+        pending = history_mod.start(plan, saving=out is not None)  # hashes in-memory merges' inputs meanwhile
     try:
         result = MergeResult(plan, plan.name, notices=list(plan.notices))
         if into is not None:
@@ -155,6 +163,8 @@ def merge(recipe: Recipe, *, models: Mapping[str, ModelLike] | None = None, outp
         for s in plan.sources.values():
             s.close()
     result.seconds = time.perf_counter() - t0
+    if history:
+        history_mod.finish(pending, result)
     return result
 
 

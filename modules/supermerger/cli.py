@@ -2,6 +2,9 @@
 
     supermerger merge --model-a A.safetensors --model-b B.safetensors --alpha 0.3 --output out.safetensors
     supermerger merge --recipe-from out.safetensors --output replay.safetensors
+    supermerger merge --from-history -1 --models-dir /models --output again.safetensors
+    supermerger history list | search WORDS | show ID
+    supermerger lora to-checkpoint | merge | make | extract | dims | presets ...
     supermerger presets | blocks | calcmodes
 
 Errors print one paragraph and exit with status 2 (bad input) or 1 (other problems); only bugs
@@ -27,6 +30,7 @@ EXAMPLES = textwrap.dedent("""\
       supermerger merge -a A.safetensors -b B.safetensors --elemental "OUT03 OUT04:attn2 attn1.to_out:0.5" --dry-run
       supermerger merge --recipe recipe.json --explain --dry-run
       supermerger merge --recipe-from merged.safetensors -o replayed.safetensors
+      supermerger merge --from-history 42 --models-dir ~/models -o again.safetensors   (see `supermerger history`)
       supermerger merge -a A.safetensors -b B.safetensors -c C.safetensors --calcmode trainDifference --alpha 1 -o out.safetensors
       supermerger merge -a A.safetensors -b B.safetensors --random-mode R --seed -1 -o dice.safetensors
       supermerger merge            (no models: merges two built-in tiny demo models)
@@ -81,6 +85,11 @@ def _add_merge_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("recipes and checks")
     g.add_argument("--recipe", metavar="R.json", help="read the recipe from a JSON file; other options override it")
     g.add_argument("--recipe-from", metavar="MERGED", help="replay the recipe stored in a merged .safetensors")
+    g.add_argument("--from-history", metavar="ID", type=int, help="replay merge ID of the merge history (-1 = the "
+                   "last, -2 = the one before); its models are found by hash; other options override")
+    g.add_argument("--models-dir", metavar="DIR", action="append", help="with --from-history: a folder (searched with "
+                   "its subfolders) where the recorded models may be; repeatable")
+    g.add_argument("--no-history", action="store_true", help="do not record this merge in the merge history")
     g.add_argument("--save-recipe", metavar="R.json", help="write the effective recipe as JSON")
     g.add_argument("--dry-run", action="store_true", help="validate and print the plan; read no tensor, write nothing")
     g.add_argument("--explain", action="store_true", help="print the ratio and rule that apply to every key")
@@ -114,17 +123,56 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("model", nargs="?", help="a checkpoint: list its keys with their block")
     b.add_argument("--arch", default=None, help="sd1, sd2 or sdxl")
     sub.add_parser("calcmodes", help="list the calculation modes")
+    _add_lora_parser(sub)
+    _add_history_parser(sub)
     return parser
+
+
+def _add_history_parser(sub) -> None:
+    h = sub.add_parser("history", help="list, search and show recorded merges (every merge is recorded)",
+                       description="The merge history: every merge gets an ID and a record (mergehistory.csv in "
+                                   "the data folder). Replay one with `supermerger merge --from-history ID`.")
+    h.set_defaults(history_parser=h)
+    hs = h.add_subparsers(dest="history_command", metavar="ACTION")
+
+    def paging(p):
+        p.add_argument("--page", type=int, default=1, help="page number, 1 = newest (default 1)")
+        p.add_argument("--per-page", type=int, default=20, help="records per page (default 20)")
+
+    paging(hs.add_parser("list", help="the records, newest first, one page"))
+    s = hs.add_parser("search", help="records whose text holds the words (case-insensitive), newest first")
+    s.add_argument("words", nargs="*", help="words, each a substring of the record's text (names, models, hashes, "
+                   "mode, weights, elemental, ...)")
+    how = s.add_mutually_exclusive_group()
+    how.add_argument("--or", dest="how", action="store_const", const="or", help="any word matches (default)")
+    how.add_argument("--and", dest="how", action="store_const", const="and", help="every word matches")
+    s.add_argument("--model", metavar="NAME", help="only merges of a model whose name contains NAME or whose hash "
+                   "starts with it")
+    s.add_argument("--mode", help="only merges in this mode (weight_sum, \"Add difference\", ...)")
+    s.add_argument("--calcmode", help="only merges with this calcmode")
+    paging(s)
+    sh = hs.add_parser("show", help="one record in full, with its recipe")
+    sh.add_argument("id", type=int, help="the ID; -1 = the last merge, -2 = the one before")
+    sh.add_argument("--json", action="store_true", help="print the record as JSON")
+    st = hs.add_parser("stats", help="per-block mean and standard deviation of the alpha weights of some merges")
+    st.add_argument("ids", help="comma-separated IDs, e.g. 12,15,-1")
+    ids = hs.add_parser("ids", help="the merge IDs written into PNG images' parameters (' ID <n>')")
+    ids.add_argument("images", nargs="+", help="PNG files")
+    imp = hs.add_parser("import", help="append the records of the original extension's mergehistory.csv")
+    imp.add_argument("file", help="the original's mergehistory.csv")
 
 
 def _recipe_from_args(args) -> "Recipe":
     from .api import recipe_from_file
     from .merge.recipe import Recipe
 
-    if args.recipe and args.recipe_from:
-        raise SuperMergerError("Give either --recipe or --recipe-from, not both.")
-    recipe = Recipe.load(args.recipe) if args.recipe else recipe_from_file(args.recipe_from) if args.recipe_from \
-        else Recipe()
+    if sum(x is not None for x in (args.recipe, args.recipe_from, args.from_history)) > 1:
+        raise SuperMergerError("Give only one of --recipe, --recipe-from and --from-history.")
+    if args.from_history is not None:
+        recipe = _recipe_from_history(args)
+    else:
+        recipe = Recipe.load(args.recipe) if args.recipe else recipe_from_file(args.recipe_from) if args.recipe_from \
+            else Recipe()
     mapping = {"model_a": "model_a", "model_b": "model_b", "model_c": "model_c", "mode": "mode",
                "calcmode": "calcmode", "alpha": "alpha", "beta": "beta", "gamma": "gamma", "mbw_alpha": "mbw_alpha",
                "mbw_beta": "mbw_beta", "elemental": "elemental", "include": "include", "exclude": "exclude",
@@ -152,6 +200,18 @@ def _recipe_from_args(args) -> "Recipe":
     recipe = recipe.replace(**changes)
     recipe.check_types("options")
     return recipe
+
+
+def _recipe_from_history(args) -> "Recipe":
+    from .history import restore_detail
+
+    given = {"A": args.model_a, "B": args.model_b, "C": args.model_c, "VAE": args.bake_vae}
+    restored = restore_detail(args.from_history, args.models_dir or (), given)
+    rec = restored.record
+    print(f"history ID {rec.id} ({rec.time}): {rec.name}")
+    for label, (path, how) in restored.found.items():
+        print(f"  model {label:<3}: {path} ({how})")
+    return restored.recipe
 
 
 _DICE_OPTIONS = {"random_mode": "mode", "random_targets": "targets", "random_custom": "custom",
@@ -185,7 +245,8 @@ def cmd_merge(args) -> int:
     from .api import merge, plan_merge
 
     recipe = _recipe_from_args(args)
-    if not recipe.model_a and not recipe.model_b and not args.recipe and not args.recipe_from:
+    if not recipe.model_a and not recipe.model_b and not args.recipe and not args.recipe_from \
+            and args.from_history is None:
         a, b = _demo_models()
         recipe = recipe.replace(model_a=a, model_b=b)
         print(f"No models given: merging the built-in demo models (tiny synthetic SD1 checkpoints)\n  {a}\n  {b}")
@@ -215,7 +276,7 @@ def cmd_merge(args) -> int:
         print(f"output       : {output} (use --output to choose)")
     progress = None if args.quiet else _progress_bar()
     try:
-        result = merge(recipe, output=output, progress=progress)
+        result = merge(recipe, output=output, progress=progress, history=not args.no_history)
     finally:
         if progress is not None:
             progress.close()
@@ -223,6 +284,8 @@ def cmd_merge(args) -> int:
         if n not in plan.notices:
             print(f"notice: {n}")
     print(f"Merged model saved in {result.path} ({result.seconds:.1f} s)")
+    if result.history_id is not None:
+        print(f"history ID   : {result.history_id} (supermerger history show {result.history_id})")
     return 0
 
 
@@ -279,6 +342,101 @@ def cmd_calcmodes(args) -> int:
     return 0
 
 
+def cmd_history(args) -> int:
+    from . import history
+
+    action = args.history_command
+    if action is None:
+        args.history_parser.print_help()
+        return 0
+    hist = history.History()
+    if action in ("list", "search"):
+        q = " ".join(args.words) if action == "search" else ""
+        page = hist.search(q, getattr(args, "how", None) or "or", getattr(args, "model", None),
+                           getattr(args, "mode", None), getattr(args, "calcmode", None), args.page, args.per_page)
+        _warn(hist.problems())
+        if not page.records:
+            print("no result" if page.total else f"no merge recorded yet ({hist.path})")
+            if page.total:
+                print(f"(page {page.page} is past the last page, {page.pages})")
+            return 0
+        print(f"{'ID':>5}  {'time':<19}  {'mode':<14}  {'calcmode':<14}  name")
+        for r in page.records:
+            name = r.name if len(r.name) <= 90 else r.name[:89] + "…"
+            print(f"{r.id:>5}  {r.time:<19}  {r.mode:<14}  {r.calcmode:<14}  {name}")
+        more = f"; --page {page.page + 1} for older ones" if page.page < page.pages else ""
+        print(f"page {page.page} of {page.pages} ({page.total} records, newest first){more}")
+    elif action == "show":
+        rec = hist.get(args.id)
+        _warn(hist.problems())
+        if args.json:
+            print(json.dumps(rec.to_dict(), indent=2, ensure_ascii=False))
+        else:
+            print("\n".join(_record_lines(rec)))
+    elif action == "stats":
+        print(history.weight_stats(args.ids, hist).text())
+    elif action == "ids":
+        found = history.ids_from_png(args.images)
+        print(",".join(map(str, found)) if found else "no merge ID in these images")
+    elif action == "import":
+        records, notes = history.import_original(args.file, hist)
+        _warn(notes)
+        if records:
+            print(f"imported {len(records)} records as IDs {records[0].id}-{records[-1].id}")
+        else:
+            print("nothing imported")
+    return 0
+
+
+def _warn(lines: list[str]) -> None:
+    for line in lines:
+        print(f"warning: {line}", file=sys.stderr)
+
+
+def _record_lines(rec) -> list[str]:
+    from .history.analysis import _block_names
+
+    def weights(values) -> str:
+        names = _block_names(rec.architecture, len(values))
+        return " ".join(f"{b}={v:g}" for b, v in zip(names, values))
+
+    lines = [f"ID              : {rec.id}", f"time            : {rec.time}", f"name            : {rec.name}",
+             f"architecture    : {rec.architecture or '?'}", f"mode            : {rec.mode}",
+             f"calcmode        : {rec.calcmode}", f"alpha beta gamma: {rec.alpha:g} {rec.beta:g} {rec.gamma:g}"]
+    for what, given, eff in (("alpha", rec.weights_alpha, rec.effective_alpha),
+                             ("beta", rec.weights_beta, rec.effective_beta)):
+        if given:
+            lines.append(f"weights {what:<8}: {given}")
+        if eff is not None:
+            lines.append(f"effective {what:<6}: {weights(eff)}")
+    for label, ref in rec.models.items():
+        title = f"model {label}" if label != "VAE" else "VAE"
+        lines.append(f"{title:<16}: {ref.name or '?'}  sha256 {ref.sha256 or ref.short or '?'}  {ref.path}".rstrip())
+    if rec.elemental:
+        lines.append("elemental       : " + rec.elemental.replace("\n", "\n" + " " * 18))
+    if rec.include_mode != "Off":
+        lines.append(f"{rec.include_mode.lower():<16}: {rec.include_exclude}")
+    for title, value in (("adjust", rec.adjust), ("seed", rec.seed), ("random", rec.random and json.dumps(rec.random)),
+                         ("save settings", rec.save_settings), ("output", rec.output), ("note", rec.note)):
+        if value not in (None, ""):
+            lines.append(f"{title:<16}: {value}")
+    recipe = json.dumps(json.loads(rec.recipe_json), indent=2, ensure_ascii=False) if rec.recipe_json else "(none)"
+    return lines + ["recipe          :", recipe]
+
+
+def _add_lora_parser(sub) -> None:
+    """`supermerger lora ...`: the LoRA tools; their options live in supermerger.lora.cli."""
+    from .lora.cli import add_parser
+
+    add_parser(sub)
+
+
+def cmd_lora(args) -> int:
+    from .lora.cli import run
+
+    return run(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     code = _main(argv)
     if argv is None and "torch" in sys.modules:
@@ -301,7 +459,8 @@ def _main(argv: list[str] | None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    handler = {"merge": cmd_merge, "presets": cmd_presets, "blocks": cmd_blocks, "calcmodes": cmd_calcmodes}[args.command]
+    handler = {"merge": cmd_merge, "presets": cmd_presets, "blocks": cmd_blocks, "calcmodes": cmd_calcmodes, "lora": cmd_lora,
+               "history": cmd_history}[args.command]
     try:
         return handler(args)
     except SuperMergerError as e:
