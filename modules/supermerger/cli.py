@@ -4,6 +4,7 @@
     supermerger merge --recipe-from out.safetensors --output replay.safetensors
     supermerger merge --from-history -1 --models-dir /models --output again.safetensors
     supermerger history list | search WORDS | show ID
+    supermerger lora to-checkpoint | merge | make | extract | dims | presets ...
     supermerger presets | blocks | calcmodes
 
 Errors print one paragraph and exit with status 2 (bad input) or 1 (other problems); only bugs
@@ -122,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("model", nargs="?", help="a checkpoint: list its keys with their block")
     b.add_argument("--arch", default=None, help="sd1, sd2 or sdxl")
     sub.add_parser("calcmodes", help="list the calculation modes")
+    _add_lora_parser(sub)
     _add_history_parser(sub)
     return parser
 
@@ -422,6 +424,19 @@ def _record_lines(rec) -> list[str]:
     return lines + ["recipe          :", recipe]
 
 
+def _add_lora_parser(sub) -> None:
+    """`supermerger lora ...`: the LoRA tools; their options live in supermerger.lora.cli."""
+    from .lora.cli import add_parser
+
+    add_parser(sub)
+
+
+def cmd_lora(args) -> int:
+    from .lora.cli import run
+
+    return run(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     code = _main(argv)
     if argv is None and "torch" in sys.modules:
@@ -445,7 +460,7 @@ def _main(argv: list[str] | None) -> int:
         parser.print_help()
         return 0
     handler = {"merge": cmd_merge, "presets": cmd_presets, "blocks": cmd_blocks, "calcmodes": cmd_calcmodes,
-               "history": cmd_history}[args.command]
+               "history": cmd_history, "lora": cmd_lora}[args.command]
     try:
         return handler(args)
     except SuperMergerError as e:
