@@ -356,9 +356,12 @@ def cmd_history(args) -> int:
                            getattr(args, "mode", None), getattr(args, "calcmode", None), args.page, args.per_page)
         _warn(hist.problems())
         if not page.records:
-            print("no result" if page.total else f"no merge recorded yet ({hist.path})")
-            if page.total:
-                print(f"(page {page.page} is past the last page, {page.pages})")
+            if not hist.count():
+                print(f"no merge recorded yet ({hist.path})")
+            elif page.total:
+                print(f"no result: page {page.page} is past the last page ({page.pages})")
+            else:
+                print("no result")
             return 0
         print(f"{'ID':>5}  {'time':<19}  {'mode':<14}  {'calcmode':<14}  name")
         for r in page.records:

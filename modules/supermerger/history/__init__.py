@@ -51,7 +51,7 @@ def restore_detail(record_id: int, models_dirs: Iterable[str | os.PathLike] = ()
                    given: Mapping[str, str] | None = None, history: History | None = None):
     """The recipe of a record with its models found on this machine, and how each was found.
     ``given``: model paths by label ("A", "B", "C", "VAE") that need no search."""
-    from .restore import restore_record
+    from .locate import restore_record
 
     return restore_record(get(record_id, history), models_dirs, given)
 

@@ -74,7 +74,7 @@ def _os_lock(path: Path, timeout: float) -> Iterator[None]:
                 if time.monotonic() > deadline:
                     raise LockTimeout(f"another process holds {path} for more than {timeout:.0f} s") from None
                 time.sleep(delay)
-                delay = min(delay * 2, 0.05)
+                delay = min(delay * 2, 0.01)
         try:
             yield
         finally:

@@ -17,12 +17,13 @@ import contextlib
 import csv
 import hashlib
 import os
+import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..paths import data_dir
-from .lock import LockTimeout, locked
+from .lock import locked
 from .record import COLUMNS, Record
 
 FILE_NAME = "mergehistory.csv"
@@ -144,14 +145,18 @@ class History:
                 prefix = BOM + _header_line()
                 idx = _Index(header_sig=_sig(_header_line()), covered=len(prefix))
                 self._write_index(idx, [])
-            elif _last_byte(fd, size) != b"\n":
+            next_id = idx.max_id + 1
+            if size and _last_byte(fd, size) != b"\n":
                 # A line cut short by a kill: end it, so that it stays one damaged line of its own.
+                # (Its ID is not given again, in case the cut only lost the line break.)
                 prefix = b"\n"
+                os.lseek(fd, idx.covered, os.SEEK_SET)
+                cut = re.match(rb"(\d{1,18}),", os.read(fd, 24))
+                next_id = max(next_id, int(cut.group(1)) + 1 if cut else 0)
                 msg = _damaged(idx, "is incomplete (a write that was interrupted)")
                 self.notices.append(msg)
                 self._append_index([idx.add_problem(msg, idx.covered, size + 1)])
             lines, chunks, pos = [], [prefix], size + len(prefix)
-            next_id = idx.max_id + 1
             for rec in records:
                 if not keep_ids:
                     rec.id, next_id = next_id, next_id + 1
@@ -277,8 +282,8 @@ class History:
             try:
                 with self._locked():
                     return self._index(locked=True)
-            except LockTimeout:
-                pass  # read what is there; a line being written may look incomplete
+            except OSError:  # locked too long, or a read-only folder: read what is there (a line
+                pass  # being written may then look incomplete)
         return self._build(st, locked)
 
     def _build(self, st: os.stat_result, locked: bool) -> _Index:
@@ -287,10 +292,18 @@ class History:
         with open(self.path, "rb") as f:
             first = f.readline()
         if is_original_header(first):
-            if not locked:
-                with self._locked():
-                    return self._index(locked=True)
-            self.notices += convert_original_file(self)
+            from . import HistoryError
+
+            try:
+                if not locked:
+                    with self._locked():
+                        return self._index(locked=True)
+                self.notices += convert_original_file(self)
+            except OSError as e:
+                raise HistoryError(f"{self.path} was written by the original SuperMerger and could not be converted "
+                                   f"to this version's columns: {e.strerror or e}.",
+                                   "Make its folder writable, or move the file away and import it with "
+                                   "`supermerger history import FILE`.") from None
             return self._index(locked=True)
         idx = self._load_index(st.st_size)
         if idx is not None and idx.covered == st.st_size:
