@@ -137,9 +137,12 @@ def text_modules(arch: str) -> list[tuple[str, str, str, str, tuple[int, int] | 
 
 
 def zeros_checkpoint(arch: str, dtype=torch.float32, in_channels: int = 4) -> dict:
+    from supermerger.merge.executor import intra_op_threads
+
     sd = {}
-    for key, shape in key_shapes(arch, "tiny", in_channels):
-        sd[key] = torch.zeros(shape, dtype=torch.int64 if key.endswith("position_ids") else dtype)
+    with intra_op_threads(1):  # module fixtures run before the one_thread fixture
+        for key, shape in key_shapes(arch, "tiny", in_channels):
+            sd[key] = torch.zeros(shape, dtype=torch.int64 if key.endswith("position_ids") else dtype)
     return sd
 
 

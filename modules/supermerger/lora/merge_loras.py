@@ -19,6 +19,7 @@ calls them (kohya LDM or diffusers names, PEFT names). Ways to merge, per module
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -126,6 +127,9 @@ def merge_loras(specs, output=None, *, mode: str = "auto", dim: int | str | None
                    for s, f in loras]
         meta = merged_metadata(sources, metadata_mode, name, precision)
         meta.update(_network_keys(tensors, how, meta))
+        meta["supermerger_lora_merge"] = json.dumps({
+            "mode": how, "dim": dim, "same_to_strength": same_to_strength, "svd": svd if how == "svd" else None,
+            "loras": [{"name": f.name, "ratio": s.ratio, "blocks": s.blocks} for s, f in loras]}, ensure_ascii=False)
         result = LoraResult(a, how, tensors, unmatched=unmatched, notices=notices)
         if output is not None:
             result.path, result.metadata = save_lora(tensors, output, meta, precision, overwrite)
