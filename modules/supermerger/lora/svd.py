@@ -37,9 +37,12 @@ def factorize(delta, rank: int, method: str = "full", seed: int = 0, clamp_quant
     if method == "full" or rank >= min(mat.shape) - OVERSAMPLE:
         u, s, vh = torch.linalg.svd(mat, full_matrices=False)
     else:
-        devices = [mat.device] if mat.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
+        cuda = mat.device.type == "cuda"
+        with torch.random.fork_rng(devices=[mat.device] if cuda else []):  # the caller's RNG is left as it was
+            if cuda:
+                torch.cuda.manual_seed(seed)
+            else:  # not torch.manual_seed: it also seeds every accelerator, at ~1 ms a call
+                torch.default_generator.manual_seed(seed)
             u, s, v = torch.svd_lowrank(mat, q=min(rank + OVERSAMPLE, min(mat.shape)), niter=NITER)
         vh = v.T
     up = u[:, :rank] * s[:rank]
