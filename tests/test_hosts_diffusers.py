@@ -208,3 +208,19 @@ def test_listing_and_errors(tmp_path, work_dir):
         host.generate(PARAMS)
     with pytest.raises(ArchitectureError, match="49408"):
         host.build(make_state_dict("sd1", 1), "tiny vocabulary")
+
+
+def test_sd2_v_prediction_with_clip_skip(work_dir):
+    from supermerger.hosts.diffusers_host import DiffusersHost
+
+    host = DiffusersHost(work_dir=work_dir)
+    host.build(full_vocab(make_state_dict("sd2", 1), 1), "sd2 model")
+    assert host.layout.prediction_type == "v_prediction"
+    assert host.pipe.text_encoder.config.num_hidden_layers == 23  # penultimate layer of 24
+    p = PARAMS.with_(sampler="DPM++ 2M", scheduler="Karras", clip_skip=2)
+    gen = host.generate(p)
+    assert np.array_equal(pixels(gen), pixels(host.generate(p)))
+    assert not np.array_equal(pixels(gen), pixels(host.generate(p.with_(clip_skip=1))))
+    assert "Schedule type: Karras, CFG scale: 7, Seed: 1, Size: 64x64, Model: sd2 model, Clip skip: 2" in gen.infotexts[0]
+    host.unload()
+    assert host.pipe is None and host.model_name is None

@@ -238,6 +238,10 @@ class DiffusersHost(Host):
             if leftover:
                 raise SuperMergerError(f"{cname}: parameters left unset after loading ({leftover[0]}, ...): a bug.")
             model.to(self.device).eval().requires_grad_(False)
+            if spec is not None and not hasattr(model, "text_model"):
+                # diffusers' SD1/SD2 clip_skip path still reads text_encoder.text_model.final_layer_norm,
+                # which transformers ≥ 5.6 flattened away: a plain attribute (not a submodule) restores it
+                object.__setattr__(model, "text_model", model)
         self.pipe = self._make_pipeline(layout, components)
         self.pipe.set_progress_bar_config(disable=True)
         self.layout, self._targets = layout, targets
