@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..errors import SuperMergerError
 from ..paths import data_dir
-from .formats import LORA_EXTS, LoraFile, load_lora
+from .formats import LORA_EXTS, LoraFile, NotALoraError, load_lora
 from .keymap import detect_lora_arch
 
 VERSION_LABELS = {"sd1": "SD1", "sd2": "SD2", "sdxl": "SDXL"}
@@ -47,6 +47,8 @@ def inspect_lora(path: str | os.PathLike) -> LoraInfo:
     try:
         with load_lora(path) as lora:
             return _info(lora, name, str(path))
+    except NotALoraError:
+        return LoraInfo(name, str(path), None, None, "unknown", "unknown", 0, "not a LoRA")
     except SuperMergerError as e:
         return LoraInfo(name, str(path), None, None, "unknown", "unknown", 0, e.message)
 

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Mapping
 
 from ..errors import suggest
 from .blocks import LoraSpec, parse_specs
 from .formats import LORA_EXTS, LoraFile, LoraFileError, load_lora
-
-SpecLike = "str | LoraSpec | tuple | Sequence"
 
 
 def lora_dirs(dirs: Iterable[str | os.PathLike] | str | os.PathLike | None = None) -> list[Path]:
@@ -31,6 +29,9 @@ def find_lora(name: str, dirs: Iterable[str | os.PathLike] | None = None) -> Pat
         return path
     folders = lora_dirs(dirs)
     names = [name] if path.suffix.lower() in LORA_EXTS else [name + ext for ext in LORA_EXTS]
+    for n in names:  # a path without its extension
+        if Path(n).expanduser().is_file():
+            return Path(n).expanduser()
     for folder in folders:
         for n in names:
             if (folder / n).is_file():

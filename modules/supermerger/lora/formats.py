@@ -33,6 +33,10 @@ class LoraFileError(ModelFileError):
     """A LoRA file is unreadable, not a LoRA, or has a broken module."""
 
 
+class NotALoraError(LoraFileError):
+    """A file without a single LoRA tensor (a checkpoint, an embedding...)."""
+
+
 class LoraMismatchError(ArchitectureError):
     """A LoRA does not fit the model it is applied to (another family, other shapes)."""
 
@@ -201,7 +205,7 @@ class LoraFile:
         where = f"LoRA {self.name!r}" + (f" ({self.path})" if self.path else "")
         if not self.modules:
             sample = ", ".join(self.unknown_keys[:3]) or "no tensors"
-            raise LoraFileError(
+            raise NotALoraError(
                 f"{where} holds no LoRA modules (first tensors: {sample}).",
                 "Expected kohya (lora_up/lora_down), LyCORIS (hada_*/lokr_*) or diffusers/PEFT (lora_A/lora_B) "
                 "tensors; a checkpoint given as a LoRA looks like this.")

@@ -18,8 +18,8 @@ from .. import arch as archmod
 from ..errors import ArchitectureError, RecipeError
 from ..io.sources import DictSource, Source, open_model
 from .keymap import Target, keymap_from
-from .merge_loras import LoraResult, _put
-from .save import save_lora
+from .merge_loras import LoraResult
+from .save import put_module, save_lora
 from .svd import factorize
 
 TEXT_ENCODER_MIN_DIFF = 0.1
@@ -96,7 +96,7 @@ def make_lora(model_a, model_b, output=None, *, alpha: float = 1.0, beta: float 
                 is_3x3 = part.ndim == 4 and tuple(part.shape[2:]) != (1, 1)
                 rank = conv_dim if is_3x3 and conv_dim else dim
                 up, down = factorize(part, int(rank), svd, seed, clamp_quantile)
-                _put(tensors, t.name, up.cpu(), down.cpu(), up.shape[1])
+                put_module(tensors, t.name, up.cpu(), down.cpu(), up.shape[1])
                 done += 1
                 if progress is not None:
                     progress(done, total)

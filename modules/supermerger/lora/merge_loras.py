@@ -33,7 +33,7 @@ from .blocks import LoraSpec, block_ratios, ratios_text
 from .files import open_loras
 from .formats import LoraFile, LoraMismatchError, LoraModule
 from .keymap import detect_lora_arch, keymap_for, lookup_name
-from .save import merged_metadata, save_lora, source_metadata
+from .save import merged_metadata, put_module, save_lora, source_metadata
 from .svd import factorize, max_rank
 
 MODES = ("auto", "sum", "concat", "svd")
@@ -203,16 +203,6 @@ def _alpha(f: LoraFile, m: LoraModule) -> float:
     return float(m.rank) if a is None else a
 
 
-def _put(tensors: dict, name: str, up, down, alpha: float, mid=None) -> None:
-    import torch
-
-    tensors[f"{name}.lora_up.weight"] = up
-    tensors[f"{name}.lora_down.weight"] = down
-    if mid is not None:
-        tensors[f"{name}.lora_mid.weight"] = mid
-    tensors[f"{name}.alpha"] = torch.tensor(float(alpha))
-
-
 def _sum(g: Group, loras, tensors: dict, same_to_strength: bool, device: str) -> None:
     first = loras[g.entries[0].lora][1]
     base_alpha = _alpha(first, g.entries[0].module)
@@ -230,7 +220,7 @@ def _sum(g: Group, loras, tensors: dict, same_to_strength: bool, device: str) ->
         down = parts["down"] * fd if down is None else down.add_(parts["down"], alpha=fd)
         if "mid" in parts:
             mid = parts["mid"] if mid is None else mid.add_(parts["mid"])
-    _put(tensors, g.name, up, down, base_alpha, mid)
+    put_module(tensors, g.name, up, down, base_alpha, mid)
 
 
 def _concat(g: Group, loras, tensors: dict, device: str) -> None:
@@ -248,7 +238,7 @@ def _concat(g: Group, loras, tensors: dict, device: str) -> None:
         downs.append(parts["down"] * math.copysign(fu, e.ratio))
     ups = [u.reshape(u.shape[0], u.shape[1], *([1] * (downs[0].ndim - 2))) for u in ups]
     up, down = torch.cat(ups, dim=1), torch.cat(downs, dim=0)
-    _put(tensors, g.name, up, down, down.shape[0])
+    put_module(tensors, g.name, up, down, down.shape[0])
 
 
 def _svd(g: Group, loras, tensors: dict, dim, method: str, seed: int, clamp, device: str) -> None:
@@ -262,7 +252,7 @@ def _svd(g: Group, loras, tensors: dict, dim, method: str, seed: int, clamp, dev
     rank = dim if isinstance(dim, int) else max(ranks)
     rank = min(rank, max_rank(tuple(total.shape)))
     up, down = factorize(total, rank, method, seed, clamp)
-    _put(tensors, g.name, up.cpu(), down.cpu(), up.shape[1])
+    put_module(tensors, g.name, up.cpu(), down.cpu(), up.shape[1])
 
 
 def _effective_rank(m: LoraModule) -> int:

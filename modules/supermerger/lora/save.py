@@ -85,6 +85,17 @@ def _union_tags(sources: Sequence[Mapping[str, str]]) -> dict:
     return merged
 
 
+def put_module(tensors: dict, name: str, up, down, alpha: float, mid=None) -> None:
+    """Add one kohya LoRA module (``lora_up`` / ``lora_down`` / optional ``lora_mid`` / ``alpha``)."""
+    import torch
+
+    tensors[f"{name}.lora_up.weight"] = up
+    tensors[f"{name}.lora_down.weight"] = down
+    if mid is not None:
+        tensors[f"{name}.lora_mid.weight"] = mid
+    tensors[f"{name}.alpha"] = torch.tensor(float(alpha))
+
+
 def save_lora(tensors: Mapping, output: str | os.PathLike, metadata: Mapping[str, str], precision: str = "fp16",
               overwrite: bool = False) -> tuple[Path, dict[str, str]]:
     """Write ``tensors`` (key order sorted) as a .safetensors LoRA; the hashes are added to the

@@ -21,7 +21,7 @@ from .. import arch as archmod
 from ..arch import Architecture
 from ..errors import OutputError, RecipeError
 from ..io.atomic import check_output_path
-from ..io.sources import DictSource, Source, dtype_code, open_model, torch_dtype
+from ..io.sources import DictSource, Source, open_model, torch_dtype
 from .blocks import LoraSpec, block_ratios, ratios_text
 from .files import open_loras
 from .formats import LoraFile, LoraMismatchError, LoraModule, fits, pads_channels
