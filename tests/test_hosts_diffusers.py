@@ -224,3 +224,23 @@ def test_sd2_v_prediction_with_clip_skip(work_dir):
     assert "Schedule type: Karras, CFG scale: 7, Seed: 1, Size: 64x64, Model: sd2 model, Clip skip: 2" in gen.infotexts[0]
     host.unload()
     assert host.pipe is None and host.model_name is None
+
+
+def test_merge_and_load_builds_when_nothing_fits_then_merges_in_place_bf16(work_dir):
+    from supermerger.hosts.diffusers_host import DiffusersHost
+
+    a, b = full_vocab(make_state_dict("sd1", 1), 1), full_vocab(make_state_dict("sd1", 2), 2)
+    host = DiffusersHost(work_dir=work_dir, dtype="bfloat16")
+    first = host.merge_and_load(Recipe(model_a="A", model_b="B", alpha=0.5), models={"A": a, "B": b})
+    assert first.state_dict is None and host.model_name == first.name and "merge_into" not in host.timings
+    unet = host.pipe.unet
+    ptrs = [p.data_ptr() for p in unet.parameters()]
+    assert {p.dtype for p in unet.parameters()} == {torch.bfloat16}
+    host.merge_and_load(Recipe(model_a="A", model_b="B", alpha=0.25), models={"A": a, "B": b}, name="second")
+    assert "merge_into" in host.timings and host.model_name == "second"
+    assert ptrs == [p.data_ptr() for p in unet.parameters()]
+    assert {p.dtype for p in unet.parameters()} == {torch.bfloat16}
+    w = host._targets["model.diffusion_model.out.2.weight"].tensor
+    expected = (0.75 * a["model.diffusion_model.out.2.weight"].float() + 0.25 * b["model.diffusion_model.out.2.weight"].float())
+    assert torch.allclose(w.float(), expected, atol=1e-2)
+    assert host.generate(PARAMS).images[0].size == (64, 64)
