@@ -54,22 +54,32 @@ def work_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("diffusers_work")
 
 
+_MODELS: dict = {}
+
+
+def tiny_pair(arch: str) -> tuple[dict, dict]:
+    """Models A and B of ``arch`` (made once per test session; tests must not modify them)."""
+    if arch not in _MODELS:
+        _MODELS[arch] = full_vocab(make_state_dict(arch, 1), 1), full_vocab(make_state_dict(arch, 2), 2)
+    return _MODELS[arch]
+
+
 @pytest.fixture(scope="module", params=["sd1", "sdxl"])
 def built(request, work_dir):
     from supermerger.hosts.diffusers_host import DiffusersHost
 
     arch = request.param
-    a, b = full_vocab(make_state_dict(arch, 1), 1), full_vocab(make_state_dict(arch, 2), 2)
+    a, b = tiny_pair(arch)
     host = DiffusersHost(work_dir=work_dir)
     host.build(a, "model A")
     return arch, host, a, b
 
 
-def test_tokenizer_from_open_clip_vocabulary(tmp_path):
-    tok = clip_tokenizer.load_tokenizer(tmp_path / "tok")
+def test_tokenizer_from_open_clip_vocabulary(work_dir):
+    tok = clip_tokenizer.load_tokenizer(work_dir / "clip_tokenizer")  # the folder the host uses
     assert len(tok) == 49408
     assert tok("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
-    tok2 = clip_tokenizer.load_tokenizer(tmp_path / "tok2", pad_token="!")
+    tok2 = clip_tokenizer.load_tokenizer(work_dir / "clip_tokenizer_pad0", pad_token="!")
     assert tok2("a cat", padding="max_length", max_length=6).input_ids == [49406, 320, 2368, 49407, 0, 0]
 
 
@@ -229,7 +239,7 @@ def test_sd2_v_prediction_with_clip_skip(work_dir):
 def test_merge_and_load_builds_when_nothing_fits_then_merges_in_place_bf16(work_dir):
     from supermerger.hosts.diffusers_host import DiffusersHost
 
-    a, b = full_vocab(make_state_dict("sd1", 1), 1), full_vocab(make_state_dict("sd1", 2), 2)
+    a, b = tiny_pair("sd1")
     host = DiffusersHost(work_dir=work_dir, dtype="bfloat16")
     first = host.merge_and_load(Recipe(model_a="A", model_b="B", alpha=0.5), models={"A": a, "B": b})
     assert first.state_dict is None and host.model_name == first.name and "merge_into" not in host.timings
