@@ -25,34 +25,34 @@ def same(x: dict, y: dict) -> bool:
 
 
 def test_file_merge_is_recorded_in_full_and_restores_to_the_same_tensors(models, tmp_path):
-    a, b = models[("sd1", "A")], models[("sd1", "B")]
+    a, b, vae = models[("sd1", "A")], models[("sd1", "B")], models[("sd1", "C")]
     recipe = Recipe(model_a=str(a), model_b=str(b), alpha=0.4, mbw_alpha="GRAD_V",
                     elemental="OUT03:attn2:0.5\nIN04::0.2", exclude="IN01 OUT05", adjust="1,0,0,0,0,0,0,0",
-                    dtype="fp16")
+                    dtype="fp16", bake_vae=str(vae))
     first = supermerger.merge(recipe, output=tmp_path / "first.safetensors")
     assert first.history_id == 1
     rec = history.get(-1)
     assert rec.id == 1 and rec.name == first.name and rec.architecture == "sd1"
     assert (rec.mode, rec.calcmode, rec.alpha, rec.beta, rec.gamma) == ("weight_sum", "normal", 0.4, 0.25, 0.3)
-    for label, path in (("A", a), ("B", b)):
+    for label, path in (("A", a), ("B", b), ("VAE", vae)):
         ref = rec.models[label]
         assert ref.name == path.stem and ref.path == str(path.resolve()) and ref.size == path.stat().st_size
         assert ref.sha256 == sha256_file(path) and ref.short == ref.sha256[:10]
-    assert set(rec.models) == {"A", "B"}
+    assert set(rec.models) == {"A", "B", "VAE"}
     assert rec.weights_alpha == "GRAD_V" and rec.weights_beta == "" and rec.effective_beta is None
     blocks = first.plan.arch.blocks
     expect = [0.0 if blk in ("IN01", "OUT05") else w for blk, w in zip(blocks, first.plan.block_alpha)]
     assert list(rec.effective_alpha) == expect and rec.effective_alpha[blocks.index("IN02")] > 0
     assert rec.elemental == "OUT03:attn2:0.5\nIN04::0.2"
     assert (rec.include_mode, rec.include_exclude, rec.adjust) == ("Exclude", "IN01 OUT05", "1,0,0,0,0,0,0,0")
-    assert rec.save_settings == "safetensors, fp16" and rec.output == str((tmp_path / "first.safetensors").resolve())
+    assert rec.save_settings == "safetensors, fp16, bake VAE" and rec.output == str((tmp_path / "first.safetensors").resolve())
     stored = rec.recipe()
-    assert stored.hashes == {"A": rec.models["A"].sha256, "B": rec.models["B"].sha256}
-    assert stored.replace(model_a=None, model_b=None, output=None, hashes={}) == \
-        recipe.replace(model_a=None, model_b=None)
+    assert stored.hashes == {k: rec.models[k].sha256 for k in ("A", "B", "VAE")}
+    assert stored.replace(model_a=None, model_b=None, bake_vae=None, output=None, hashes={}) == \
+        recipe.replace(model_a=None, model_b=None, bake_vae=None)
 
     again = history.restore(1)
-    assert again.output is None and again.model_a == str(a.resolve())
+    assert again.output is None and again.model_a == str(a.resolve()) and again.bake_vae == str(vae.resolve())
     second = supermerger.merge(again, output=tmp_path / "second.safetensors", history=False)
     assert second.history_id is None and History().count() == 1
     assert same(load_file(tmp_path / "first.safetensors"), load_file(tmp_path / "second.safetensors"))

@@ -397,10 +397,10 @@ def _warn(lines: list[str]) -> None:
 
 
 def _record_lines(rec) -> list[str]:
-    from .history.analysis import _block_names
+    from .history.analysis import block_names
 
     def weights(values) -> str:
-        names = _block_names(rec.architecture, len(values))
+        names = block_names(rec.architecture, len(values))
         return " ".join(f"{b}={v:g}" for b, v in zip(names, values))
 
     lines = [f"ID              : {rec.id}", f"time            : {rec.time}", f"name            : {rec.name}",

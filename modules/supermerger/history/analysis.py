@@ -60,10 +60,10 @@ def weight_stats_of(records: list) -> WeightStats:
     n = len(lists[0])
     mean = [sum(w[i] for w in lists) / len(lists) for i in range(n)]
     std = [math.sqrt(sum((w[i] - mean[i]) ** 2 for w in lists) / len(lists)) for i in range(n)]
-    return WeightStats([r.id for r in records], _block_names(records[0].architecture, n), mean, std)
+    return WeightStats([r.id for r in records], block_names(records[0].architecture, n), mean, std)
 
 
-def _block_names(arch_id: str, n: int) -> tuple[str, ...]:
+def block_names(arch_id: str, n: int) -> tuple[str, ...]:
     archs = architectures()
     if arch_id in archs and archs[arch_id].n_blocks == n:
         return archs[arch_id].blocks
