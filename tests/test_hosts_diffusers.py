@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -12,6 +14,7 @@ pytest.importorskip("transformers")
 from supermerger import Recipe  # noqa: E402
 from supermerger.api import merge  # noqa: E402
 from supermerger.errors import ArchitectureError, RecipeError  # noqa: E402
+from supermerger.merge.executor import MergeCancelled  # noqa: E402
 from supermerger.hosts import GenParams  # noqa: E402
 from supermerger.hosts import clip_tokenizer, samplers  # noqa: E402
 from supermerger.hosts.diffusers_configs import layout_for  # noqa: E402
@@ -188,6 +191,11 @@ def test_merge_into_live_pipeline(built):
         live = target.tensor.T if target.kind == "T" else target.tensor.reshape(target.ldm_shape)
         assert torch.equal(live.to(in_memory[key].dtype), in_memory[key]), key
     assert host.generate(PARAMS).infotexts[0].endswith("Model: A x 0.6 + B x 0.4, Merge ID: 7")
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(MergeCancelled):
+        host.merge_and_load(recipe, models={"A": a, "B": b}, name="never", stop=stop)
+    assert host.model_name == "A x 0.6 + B x 0.4 (partly overwritten by an interrupted merge)"
 
 
 def test_hires_fix_sd1(built):

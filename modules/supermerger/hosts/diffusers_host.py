@@ -333,7 +333,12 @@ class DiffusersHost(Host):
             return result
         t0 = time.perf_counter()
         live, post = self.live_state_dict(shapes)
-        result = merge(recipe, models=models, into=live, **merge_kwargs)
+        try:
+            result = merge(recipe, models=models, into=live, **merge_kwargs)
+        except BaseException:
+            # a stopped or failed merge leaves the weights partly overwritten: say so in every infotext
+            self._name = f"{self._name} (partly overwritten by an interrupted merge)"
+            raise
         with torch.no_grad():
             for scratch, dest in post:
                 dest.copy_(scratch.T)
