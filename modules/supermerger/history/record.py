@@ -95,7 +95,15 @@ class Record:
             parts += [ref.name, ref.short]
         parts += [self.elemental, self.include_mode, self.include_exclude, self.adjust,
                   "" if self.seed is None else str(self.seed), self.save_settings, _basename(self.output), self.note]
-        return _one_line(" ".join(p for p in parts if p)).lower()
+        # A search word holds no space, so it is found in the text iff it is found in one of its
+        # space-separated tokens: a part already contained in the text, and a repeated token, add
+        # nothing (this keeps the index small: model names and weights repeat in the name).
+        text = ""
+        for part in parts:
+            part = _one_line(part).lower()
+            if part and part not in text:
+                text += " " + part
+        return " ".join(dict.fromkeys(text.split()))
 
     def model_text(self) -> str:
         """The models' names and short hashes (lower case) for the model filter: items joined by

@@ -13,9 +13,11 @@ damaged one. A line cut short by a kill, or one damaged by hand, is reported and
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import csv
 import hashlib
+import itertools
 import os
 import re
 import threading
@@ -50,8 +52,9 @@ class _Index:
     """The index file's record lines, as read: ``text\tID\toffset\tend\tmode=M\tcalc=C\tmodels``.
 
     The search text comes first and holds no tab, so a word found in a line before its first tab
-    is found in the text: a search scans the raw lines and never splits them. The other fields are
-    parsed only for the records shown, and for the model filter."""
+    is found in the text. A search scans all lines joined into one string with ``str.find`` (its
+    cost grows with the matching lines, not with all lines) and never splits a line; the other
+    fields are parsed only for the records shown, and for the model filter."""
 
     header_sig: str = ""
     lines: list[str] = field(default_factory=list)
@@ -61,14 +64,16 @@ class _Index:
     stamp: tuple = ()  # the CSV's (size, mtime_ns) when this was current
     _ids: list[int] | None = None
     _pos: dict[int, int] | None = None
+    _blob: str | None = None  # the lines joined by newlines, for searching (None: join when needed)
+    _starts: list[int] | None = None  # where each line starts in _blob, and its length at the end
 
     def __len__(self) -> int:
         return len(self.lines)
 
     def add(self, rec: Record, offset: int, end: int) -> str:
-        text = " ".join(dict.fromkeys(rec.search_text().split()))  # words hold no space: tokens once suffice
-        line = f"{text}\t{rec.id}\t{offset}\t{end}\tmode={rec.mode}\tcalc={rec.calcmode}\t{rec.model_text()}"
+        line = f"{rec.search_text()}\t{rec.id}\t{offset}\t{end}\tmode={rec.mode}\tcalc={rec.calcmode}\t{rec.model_text()}"
         self.lines.append(line)
+        self._blob = self._starts = None
         if self._ids is not None:
             self._ids.append(rec.id)
         self._pos = None
@@ -94,6 +99,29 @@ class _Index:
     @property
     def max_id(self) -> int:
         return max(self.ids, default=0)
+
+    def blob(self) -> tuple[str, list[int]]:
+        if self._blob is None:
+            self._blob = "\n".join(self.lines) + "\n"
+        if self._starts is None:
+            self._starts = list(itertools.accumulate((len(line) + 1 for line in self.lines), initial=0))
+        return self._blob, self._starts
+
+    def lines_with(self, needle: str, in_text: bool) -> list[int]:
+        """The lines that contain ``needle`` (``in_text``: in their search text), in file order.
+        One scan of the joined lines, which costs per matching line, not per line."""
+        blob, starts = self.blob()
+        find = blob.find
+        out = []
+        pos = find(needle)
+        while pos >= 0:
+            i = bisect.bisect_right(starts, pos) - 1
+            # The first occurrence in a line is found (each scan starts at a line's start), so the
+            # word is in the text iff this occurrence is before the line's first tab.
+            if not in_text or pos < find("\t", starts[i]):
+                out.append(i)
+            pos = find(needle, starts[i + 1])
+        return out
 
     def position(self, record_id: int) -> int | None:
         """Where ID ``record_id`` is (negative: counted from the newest, -1 = last)."""
@@ -339,7 +367,9 @@ class History:
         idx = _Index(header_sig=lines[0].split("\t")[1])
         idx.lines = lines[1:-1]  # the last piece has no newline: empty, or a line being written
         try:
-            if "\n\t!" in text:  # damaged CSV lines noted by an earlier scan
+            if "\n\t!" not in text:
+                idx._blob = text[len(lines[0]) + 1:len(text) - len(lines[-1])]  # the lines, joined already
+            else:  # damaged CSV lines noted by an earlier scan
                 idx.problems = [line.split("\t", 4)[4] for line in idx.lines if line.startswith("\t!")]
                 ends = [int(line.split("\t", 4)[3]) for line in idx.lines if line.startswith("\t!")]
                 idx.covered = max(ends)
@@ -412,32 +442,40 @@ class History:
 def _matches(idx: _Index, words: list[str], how: str, model: str | None, mode: str | None,
              calcmode: str | None) -> list[int]:
     """Positions of the matching records, newest first."""
-    lines = idx.lines
-    order = range(len(lines) - 1, -1, -1)
+    chosen: set[int] | None = None
+
+    def narrow(found) -> None:
+        nonlocal chosen
+        chosen = set(found) if chosen is None else chosen.intersection(found)
+
     if mode:
         from ..merge.modes import get_mode
 
-        tag = f"\tmode={get_mode(mode).id}\t"
-        order = [i for i in order if tag in lines[i]]
+        narrow(idx.lines_with(f"\tmode={get_mode(mode).id}\t", in_text=False))
     if calcmode:
         from ..merge.calcmodes import get_calcmode
 
-        tag = f"\tcalc={get_calcmode(calcmode).id}\t"
-        order = [i for i in order if tag in lines[i]]
+        narrow(idx.lines_with(f"\tcalc={get_calcmode(calcmode).id}\t", in_text=False))
     if model:
         needle = model.strip().lower()
         if len(needle) > 10 and all(ch in "0123456789abcdef" for ch in needle):
             needle = needle[:10]  # a full sha256: the index holds short hashes
-        order = [i for i in order if needle in lines[i] and _model_matches(lines[i].rsplit("\t", 1)[1], needle)]
-    if not words:
-        return list(order)
-    # A word occurs in the text (before the first tab) iff its first occurrence in the line is there.
-    if len(words) == 1:
-        w = words[0]
-        return [i for i in order if -1 < lines[i].find(w) < lines[i].find("\t")]
-    if how == "and":
-        return [i for i in order if all(-1 < lines[i].find(w) < lines[i].find("\t") for w in words)]
-    return [i for i in order if any(-1 < lines[i].find(w) < lines[i].find("\t") for w in words)]
+        lines = idx.lines
+        narrow(i for i in idx.lines_with(needle, in_text=False) if _model_matches(lines[i].rsplit("\t", 1)[1], needle))
+    words = list(dict.fromkeys(words))
+    if words and how == "and":
+        # Scan for one word (the longest: likely the rarest), then test the others on its lines only.
+        words.sort(key=len, reverse=True)
+        lines = idx.lines
+        found = idx.lines_with(words[0], in_text=True)
+        for w in words[1:]:
+            found = [i for i in found if -1 < lines[i].find(w) < lines[i].find("\t")]
+        narrow(found)
+    elif words:
+        narrow(itertools.chain.from_iterable(idx.lines_with(w, in_text=True) for w in words))
+    if chosen is None:
+        return list(range(len(idx.lines) - 1, -1, -1))
+    return sorted(chosen, reverse=True)
 
 
 def _model_matches(field: str, needle: str) -> bool:
