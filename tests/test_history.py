@@ -332,3 +332,25 @@ def test_merge_id_round_trips_through_png_text(tmp_path):
     assert history.ids_from_png([p1, p2, p3, p4, tmp_path / "missing.png"]) == [42, 7]
     assert history.ids_from_png_text(["x ID 3, y", "no id here", "Model: m ID 3", "Model: n ID 12"]) == [3, 12]
     assert history.ids_from_png_text("Model: a ID 5, Steps: 1, prompt with ID badge") == [5]
+
+
+def test_lock_file_fallback_where_no_os_lock_exists(tmp_path, monkeypatch):
+    import os
+
+    from supermerger.history import lock
+
+    monkeypatch.setattr(lock, "fcntl", None)
+    monkeypatch.setattr(lock, "msvcrt", None)
+    path = tmp_path / "h.csv.lock"
+    marker = tmp_path / "h.csv.lock.held"
+    with lock.locked(path):
+        assert marker.exists()
+        with pytest.raises(lock.LockTimeout, match="remove it if no merge is running"):
+            with lock._exclusive_file(path, timeout=0.05):
+                pass
+    assert not marker.exists()
+    marker.touch()  # left behind by a killed process
+    old = marker.stat().st_mtime - lock.STALE_SECONDS - 1
+    os.utime(marker, (old, old))
+    hist = History(tmp_path / "h.csv")
+    assert hist.append(make_record()).id == 1 and not marker.exists()
