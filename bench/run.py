@@ -5,9 +5,11 @@
 
 Synthetic full-size checkpoints (real key names and shapes, fp16) are generated into
 bench/data/ on first use. Every merge is a child process, timed in alternating pairs with its
-yardstick (see pairs.py); before each run the dirty pages of the previous output are flushed
-(``sync``) and the inputs are read once, so both members of a pair start from the same cache
-state (all untimed). Cases:
+yardstick (see pairs.py). Before each run, untimed: the output is deleted (or, with
+``--output replace``, rewritten by dd so that every run replaces a file written the same way),
+dirty pages are flushed (``sync``) and the inputs are read once, so both members of a pair start
+from the same state. (Without this the floor ran 1.9x slower right after one of our runs than
+after another floor: whoever runs next inherits the previous writer's page-cache state.) Cases:
 
   sd1-ws         SD1.5 pair, weight sum α=0.5, fp16 output, against `cat B; dd A → out`
   sd1-ad         SD1.5 add difference A + (B − C)·1, against `cat B C; dd A → out`
@@ -70,9 +72,14 @@ def checkpoint(arch: str, label: str) -> Path:
     return path
 
 
-def prepare(*inputs: Path, fresh_home: Path | None = None):
-    """Untimed, before each run: flush dirty pages, read the inputs once (same cache state for all)."""
+def prepare(*inputs: Path, out: Path, output: str, fresh_home: Path | None = None):
+    """Untimed, before each run: put the output in the same state for every run (absent, or an
+    existing file written by dd), flush dirty pages, and read the inputs once (same cache state)."""
     def run() -> None:
+        if output == "fresh":
+            out.unlink(missing_ok=True)
+        else:  # "replace": a previous output, written the same way whoever ran last
+            subprocess.run(["dd", f"if={inputs[0]}", f"of={out}", "bs=16M", "status=none"], check=True)
         os.sync()
         for p in inputs:
             with open(p, "rb", buffering=0) as f:
@@ -88,7 +95,7 @@ def prepare(*inputs: Path, fresh_home: Path | None = None):
 # -- cases ---------------------------------------------------------------------------------------
 
 def ours(mode: str, inputs: list[Path], out: Path, home: Path, calcmode: str = "normal", timeout=None,
-         fresh_home: bool = False) -> Variant:
+         fresh_home: bool = False, output: str = "fresh") -> Variant:
     cmd = [PY, "-m", "supermerger", "merge", "-a", str(inputs[0]), "-b", str(inputs[1])]
     if len(inputs) > 2:
         cmd += ["-c", str(inputs[2])]
@@ -96,23 +103,24 @@ def ours(mode: str, inputs: list[Path], out: Path, home: Path, calcmode: str = "
     cmd += ["--mode", mode, "--calcmode", calcmode, "--alpha", alpha, "--dtype", "fp16", "-o", str(out), "--overwrite"]
     env = dict(os.environ, SUPERMERGER_HOME=str(home))
     name = "supermerger" if calcmode == "normal" else calcmode
-    return Variant(name, cmd, env, prepare(*inputs, fresh_home=home if fresh_home else None), timeout)
+    return Variant(name, cmd, env, prepare(*inputs, out=out, output=output,
+                                           fresh_home=home if fresh_home else None), timeout)
 
 
-def floor(inputs: list[Path], out: Path) -> Variant:
+def floor(inputs: list[Path], out: Path, output: str = "fresh") -> Variant:
     others = " ".join(f"'{p}'" for p in inputs[1:])
     sh = f"cat {others} > /dev/null; dd if='{inputs[0]}' of='{out}' bs=16M status=none"
-    return Variant("floor", ["sh", "-c", sh], None, prepare(*inputs))
+    return Variant("floor", ["sh", "-c", sh], None, prepare(*inputs, out=out, output=output))
 
 
-def mecha(mode: str, inputs: list[Path], out: Path) -> Variant | None:
+def mecha(mode: str, inputs: list[Path], out: Path, output: str = "fresh") -> Variant | None:
     """sd-mecha beside us, when it is installed (optional)."""
     import importlib.util
 
     if importlib.util.find_spec("sd_mecha") is None:
         return None
     cmd = [PY, str(HERE / "mecha_merge.py"), mode, str(out)] + [str(p) for p in inputs]
-    return Variant("sd-mecha", cmd, None, prepare(*inputs), 600)
+    return Variant("sd-mecha", cmd, None, prepare(*inputs, out=out, output=output), 600)
 
 
 def file_case(name: str, arch: str, mode: str, labels: str, args, results: dict, cold: bool = False) -> None:
@@ -121,15 +129,15 @@ def file_case(name: str, arch: str, mode: str, labels: str, args, results: dict,
     out.parent.mkdir(exist_ok=True)
     home = Path(tempfile.mkdtemp(prefix="smhome-"))
     say(f"\n== {name}: {mode}, {arch} ({', '.join(p.name for p in inputs)}), load {load_average()}")
-    a = ours(mode, inputs, out, home, fresh_home=cold)
-    b = floor(inputs, out)
+    a = ours(mode, inputs, out, home, fresh_home=cold, output=args.output)
+    b = floor(inputs, out, args.output)
     with open(OUT / "bench.log", "a") as log:
         ratios = alternate(a, b, args.pairs, warmup=1, log=log, say=say)
         row = summarise(a, b, ratios)
-        m = mecha(mode, inputs, out) if args.mecha else None
+        m = mecha(mode, inputs, out, args.output) if args.mecha else None
         if m is not None:
             say("  sd-mecha beside the same floor:")
-            b2 = floor(inputs, out)
+            b2 = floor(inputs, out, args.output)
             row["sd-mecha"] = summarise(m, b2, alternate(m, b2, min(args.pairs, 3), 1, log, say))
     row["load_end"] = load_average()
     results[name] = row
@@ -211,6 +219,9 @@ def main() -> None:
     ap.add_argument("--merges", type=int, default=50, help="re-merges in the interactive case (default 50)")
     ap.add_argument("--calcmode-pairs", type=int, default=1)
     ap.add_argument("--calcmode-timeout", type=float, default=120.0, help="seconds before a calcmode run is killed")
+    ap.add_argument("--output", choices=("fresh", "replace"), default="fresh",
+                    help="before each run the output is deleted (fresh, default) or rewritten by dd, so that "
+                    "every run replaces an existing file (replace)")
     ap.add_argument("--no-mecha", dest="mecha", action="store_false", help="skip sd-mecha even if installed")
     args = ap.parse_args()
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]

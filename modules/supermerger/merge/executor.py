@@ -71,9 +71,13 @@ class Work:
     count: int
     inputs: dict  # name -> flat torch tensor (views into slot buffers or memory)
     slot: Slot | None
-    pooled: bool  # the slot comes from the pool and goes back to it once the chunk is consumed
+    home: queue.Queue | None  # the pool the slot goes back to once the chunk is consumed (None: private)
     last: bool  # last chunk of this task
-    token: threading.Semaphore | None = None  # released once a whole tensor's inputs are consumed
+
+    def release(self) -> None:
+        if self.home is not None:
+            self.home.put(self.slot)
+            self.home = None
 
 
 def _chunks(task: KeyTask, chunk_elems: int):
@@ -98,35 +102,34 @@ def _buffered(src: Source) -> bool:
     return getattr(src, "buffered", False)
 
 
-def _iter_work(plan: MergePlan, chunk_elems: int, take_slot: Callable[[], Slot], file_sink: bool,
+def _iter_work(plan: MergePlan, chunk_elems: int, take: Callable[[queue.Queue], Slot], pools, file_sink: bool,
                abort: threading.Event):
-    """Every chunk of every task, in output order, with its inputs read."""
-    whole_tokens = threading.Semaphore(2)  # whole tensors read ahead: one computing, one being read
+    """Every chunk of every task, in output order, with its inputs read.
+
+    ``pools``: (chunk slots, whole-tensor slots). A slot is taken whenever bytes must land in a
+    buffer of ours (a file input, or the output bound for the file) and given back once consumed;
+    the whole-tensor pool is small, so at most two whole tensors are in flight, and their buffers,
+    grown to the largest tensor, are reused rather than allocated (and page-faulted) per key."""
+    chunk_pool, whole_pool = pools
     for index, task in enumerate(plan.tasks):
         needed = _needed_inputs(plan, task)
         buffered = any(_buffered(plan.sources[n]) for n in needed)
         for start, count in _chunks(task, chunk_elems):
             if abort.is_set():
                 return
-            chunked = not task.whole and task.op != "literal"
-            slot = take_slot() if chunked and (buffered or file_sink) else None
-            token = None
-            if task.whole and buffered:
-                while not whole_tokens.acquire(timeout=0.1):
-                    if abort.is_set():
-                        return
-                token = whole_tokens
+            pool = None
+            if task.op != "literal" and (buffered or file_sink):
+                pool = whole_pool if task.whole else chunk_pool
+            slot = take(pool) if pool is not None else None
             inputs = {}
             for name in needed:
                 src: Source = plan.sources[name]
                 skey = task.src_key or task.key if name == task.src else task.key
-                if task.whole:
-                    inputs[name] = src.tensor(skey).reshape(-1)
-                else:
-                    info = src.tensors[skey]
-                    buf = slot.buf(name, count * info.itemsize) if slot is not None and _buffered(src) else None
-                    inputs[name] = src.chunk(skey, start, count, buf)
-            yield Work(index, task, start, count, inputs, slot, slot is not None, start + count >= task.numel, token)
+                info = src.tensors[skey]
+                n = info.numel if task.whole else count  # whole: each model's own size (inpainting A is wider)
+                buf = slot.buf(name, n * info.itemsize) if slot is not None and _buffered(src) else None
+                inputs[name] = src.chunk(skey, start, n, buf)
+            yield Work(index, task, start, count, inputs, slot, pool, start + count >= task.numel)
 
 
 def _received(q: queue.Queue, abort: threading.Event, sink):
@@ -215,6 +218,7 @@ class Computer:
         self.staged = (self.device.type != "cpu") if staged is None else staged
         self.window = chunk_elems if self.staged else window
         self.scratch = {n: torch.empty(self.window, dtype=torch.float32, device=self.device) for n in plan.inputs()}
+        self.whole_bufs: dict = {}
         self.gamma = plan.recipe.gamma
         self.seed = plan.recipe.seed
         self.lerp_ok = plan.mode.id == "weight_sum" and plan.calcmode.id == "normal"
@@ -331,8 +335,9 @@ class Computer:
         import torch
 
         shape = task.shape
-        # One private float32 copy per input (the method may overwrite it): never a view of the caller's tensors.
-        t = {n: w.inputs[n].to(self.device, torch.float32, copy=True) for n in names}
+        # A private float32 copy per input (the method may overwrite it; never a view of the caller's
+        # tensors), in buffers kept from key to key: fresh ones would be page-faulted in every time.
+        t = {n: self._whole_scratch(n, w.inputs[n].numel()).copy_(w.inputs[n]) for n in names}
         if task.channels is not None:
             # inpainting / pix2pix model A: merge only the first channels of the first conv
             a_full = t["A"].reshape(shape)
@@ -349,6 +354,15 @@ class Computer:
             if task.adjust.offset is not None:
                 result = result + torch.tensor(task.adjust.offset, dtype=result.dtype, device=result.device)
         return result
+
+    def _whole_scratch(self, name: str, numel: int):
+        import torch
+
+        buf = self.whole_bufs.get(name)
+        if buf is None or buf.numel() < numel:
+            buf = self.whole_bufs[name] = None  # free the old one first
+            buf = self.whole_bufs[name] = torch.empty(numel, dtype=torch.float32, device=self.device)
+        return buf[:numel]
 
 
 @contextlib.contextmanager
@@ -371,8 +385,8 @@ def intra_op_threads(n: int):
 class FileSink:
     """Append output chunks to a safetensors file on a writer thread (header already written)."""
 
-    def __init__(self, writer, free: queue.Queue, abort: threading.Event):
-        self.writer, self.free, self.abort = writer, free, abort
+    def __init__(self, writer, abort: threading.Event):
+        self.writer, self.abort = writer, abort
         self.q: queue.Queue = queue.Queue(maxsize=SLOTS)
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, daemon=True, name="supermerger-writer")
@@ -384,7 +398,7 @@ class FileSink:
         dtype = torch_dtype(w.task.dtype)
         itemsize = torch.empty(0, dtype=dtype).element_size()
         if w.slot is None:
-            w.slot = Slot()  # private: a whole tensor or a literal
+            w.slot = Slot()  # private: a literal
         if w.count == 0:
             return torch.empty(0, dtype=dtype)
         return w.slot.buf("out", w.count * itemsize)[: w.count * itemsize].view(dtype)
@@ -416,8 +430,7 @@ class FileSink:
                 if self.abort.is_set():
                     continue
                 self.writer.write(data)
-                if w.pooled:
-                    self.free.put(w.slot)
+                w.release()
         except BaseException as e:
             self.error = e
             self.abort.set()
@@ -477,9 +490,8 @@ def execute(plan: MergePlan, sink_kind: str, *, writer=None, target: Mapping | N
     if sink_kind not in ("file", "memory", "into"):
         raise ValueError(f"unknown sink {sink_kind!r}")
     abort = threading.Event()
-    free: queue.Queue = queue.Queue()
     reader: _Reader | None = None
-    sink = FileSink(writer, free, abort) if sink_kind == "file" else None
+    sink = FileSink(writer, abort) if sink_kind == "file" else None
     gc_was_enabled = gc.isenabled()
     # The cyclic garbage collector walks torch's ~100k objects over and over during its import
     # (a few tenths of a second); the merge itself makes no cycles worth collecting.
@@ -489,13 +501,17 @@ def execute(plan: MergePlan, sink_kind: str, *, writer=None, target: Mapping | N
 
         dests = _into_targets(plan, target) if sink_kind == "into" else None
         dev = torch.device(device)
+        chunk_pool: queue.Queue = queue.Queue()
+        whole_pool: queue.Queue = queue.Queue()
         for _ in range(SLOTS):
-            free.put(Slot(pin=dev.type == "cuda"))
+            chunk_pool.put(Slot(pin=dev.type == "cuda"))
+        for _ in range(2):  # one whole tensor computing, the next one being read
+            whole_pool.put(Slot())
 
-        def take_slot() -> Slot:
+        def take(pool: queue.Queue) -> Slot:
             while True:
                 try:
-                    return free.get(timeout=0.1)
+                    return pool.get(timeout=0.1)
                 except queue.Empty:
                     if abort.is_set():
                         raise _Aborted from None
@@ -503,13 +519,13 @@ def execute(plan: MergePlan, sink_kind: str, *, writer=None, target: Mapping | N
         with intra_op_threads(threads) if threads and dev.type == "cpu" else contextlib.nullcontext():
             stats = plan.calcmode.prepass(plan) if plan.calcmode.prepass is not None else None
             computer = Computer(plan, device, window, stats, staged, chunk_elems)
-            items = _iter_work(plan, chunk_elems, take_slot, sink is not None, abort)
+            items = _iter_work(plan, chunk_elems, take, (chunk_pool, whole_pool), sink is not None, abort)
             if any(_buffered(s) for s in plan.sources.values()):
                 work_q: queue.Queue = queue.Queue(maxsize=SLOTS)
                 reader = _Reader(items, work_q, abort)
                 items = _received(work_q, abort, sink)
                 reader.start()
-            result = _run(plan, items, computer, sink, dests, free, progress, stop)
+            result = _run(plan, items, computer, sink, dests, progress, stop)
         if reader is not None:
             reader.join()
             if reader.error is not None:
@@ -535,7 +551,7 @@ def execute(plan: MergePlan, sink_kind: str, *, writer=None, target: Mapping | N
     return None
 
 
-def _run(plan: MergePlan, items, computer: Computer, sink: FileSink | None, dests: dict | None, free: queue.Queue,
+def _run(plan: MergePlan, items, computer: Computer, sink: FileSink | None, dests: dict | None,
          progress, stop) -> dict:
     import torch
 
@@ -547,12 +563,10 @@ def _run(plan: MergePlan, items, computer: Computer, sink: FileSink | None, dest
     def hand_over(w: Work, payload, event) -> None:
         if event is not None:
             event.synchronize()
-        if w.token is not None:
-            w.token.release()
         if sink is not None:
-            sink.submit(w, payload)
-        elif w.pooled:
-            free.put(w.slot)
+            sink.submit(w, payload)  # the writer gives the slot back once written
+        else:
+            w.release()
 
     for w in items:
         if stop is not None and stop.is_set():
