@@ -248,7 +248,7 @@ def test_webui_merge_survives_process_images_and_refreshes_conditioning(fake_web
     from supermerger.hosts.webui import WebUIHost
 
     mods, log = fake_webui(FILES)
-    sd_models, shared = mods["sd_models"], mods["shared"]
+    sd_models = mods["sd_models"]
     # the user loaded B (the second file); the first file in the list is A
     live = sd_models.load_model(sd_models.checkpoint_aliases["B"])
     host = WebUIHost()

@@ -89,7 +89,6 @@ def unet_config(arch: str, shapes: Mapping, pooled_dim: int = 0) -> dict:
     }
     mid_depth = _count(shapes, rf"{re.escape(p)}middle_block\.1\.transformer_blocks\.(\d+)\.")
     if arch == "sdxl":
-        config["transformer_layers_per_block"] = [max(d, 1) for d in depths]
         adm_in = _shape(shapes, p + "label_emb.0.0.weight")[1]
         config.update(addition_embed_type="text_time", addition_time_embed_dim=(adm_in - pooled_dim) // 6,
                       projection_class_embeddings_input_dim=adm_in)
@@ -106,7 +105,8 @@ def vae_config(arch: str, shapes: Mapping) -> dict:
     layers = _count(shapes, rf"{re.escape(p)}down\.0\.block\.(\d+)\.")
     latent = _shape(shapes, VAE + "post_quant_conv.weight")[0]
     in_ch = _shape(shapes, p + "conv_in.weight")[1]
-    assert widths[0] == ch
+    if widths[0] != ch:
+        raise ArchitectureError(f"Unusual VAE: conv_in gives {ch} channels, the first level {widths[0]}.")
     return {
         "in_channels": in_ch, "out_channels": in_ch, "latent_channels": latent,
         "down_block_types": ["DownEncoderBlock2D"] * n_levels,
@@ -147,7 +147,7 @@ def open_clip_config(prefix: str, shapes: Mapping, drop_last_layer: bool) -> dic
     }
 
 
-def layout_for(arch: str, shapes: Mapping, keys_present: set[str] | None = None) -> PipelineLayout:
+def layout_for(arch: str, shapes: Mapping) -> PipelineLayout:
     """The configs of every component of ``arch``'s pipeline, from {ldm key: shape}."""
     if arch == "sd1":
         te = [{"kind": "clip_l", "prefix": SD1_CLIP, "config": clip_l_config(SD1_CLIP, shapes)}]
