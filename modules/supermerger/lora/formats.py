@@ -259,9 +259,11 @@ class LoraFile:
     def factors(self, module: LoraModule, device: str = "cpu") -> dict:
         return {part: self.read(key, device) for part, key in module.parts.items() if part not in ("alpha", "scale")}
 
-    def delta(self, module: LoraModule, device: str = "cpu"):
-        """ΔW of ``module`` in float32, scale included, in the shape :meth:`LoraModule.delta_shape` gives."""
-        return module_delta(module.type, self.factors(module, device)) * self.scale(module)
+    def delta(self, module: LoraModule, device: str = "cpu", scaled: bool = True):
+        """ΔW of ``module`` in float32, in the shape :meth:`LoraModule.delta_shape` gives; with the
+        alpha/rank scale unless ``scaled`` is False (then multiply by :meth:`scale` yourself)."""
+        delta = module_delta(module.type, self.factors(module, device))
+        return delta.mul_(self.scale(module)) if scaled else delta
 
     def close(self) -> None:
         self.source.close()

@@ -255,13 +255,15 @@ def _apply(weight, contribs: list[Contribution], plan: LoraPlan, device: str):
 
     w = weight.to(device=device, dtype=torch.float32, copy=True)
     for c in contribs:
-        delta = plan.loras[c.lora].file.delta(c.module, device)
+        lora = plan.loras[c.lora].file
+        delta = lora.delta(c.module, device, scaled=False)
+        r = c.ratio * lora.scale(c.module)
         part = w if c.target.rows is None else w[c.target.rows[0]:c.target.rows[1]]
         if c.pad:
             part = part[:, : delta.shape[1]]
-            part.add_(delta, alpha=c.ratio)
+            part.add_(delta, alpha=r)
         else:
-            part.add_(delta.reshape(part.shape), alpha=c.ratio)
+            part.add_(delta.reshape(part.shape), alpha=r)
     return w.to(device="cpu", dtype=weight.dtype)
 
 
