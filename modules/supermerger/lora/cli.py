@@ -115,8 +115,9 @@ def run(args) -> int:
     return handlers[args.lora_command](args)
 
 
-def _specs(args) -> str:
-    return ",".join(args.loras)
+def _specs(args) -> list[str]:
+    """One item per argument (each may still be a comma list), so a comma in one path stays in it."""
+    return list(args.loras)
 
 
 def _print_unmatched(unmatched: dict[str, list[str]]) -> None:

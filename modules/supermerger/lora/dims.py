@@ -93,8 +93,11 @@ def lora_dims(folder: str | os.PathLike, use_cache: bool = True, recursive: bool
         key = str(p.resolve())
         entry = cache.get(key)
         if entry and entry.get("stamp") == stamp:
-            out.append(LoraInfo(**entry["info"]))
-            continue
+            try:
+                out.append(LoraInfo(**entry["info"]))
+                continue
+            except TypeError:  # written by another version: read the file again
+                pass
         info = inspect_lora(p)
         out.append(info)
         cache[key] = {"stamp": stamp, "info": asdict(info)}

@@ -67,8 +67,16 @@ class LoraPlan:
         return "+".join([self.source.name] + [lo.name for lo in self.loras])
 
     def unmatched(self) -> dict[str, list[str]]:
-        return {lo.name: lo.unmatched + [f"{m} ({t})" for m, t in lo.unsupported]
-                for lo in self.loras if lo.unmatched or lo.unsupported}
+        out: dict[str, list[str]] = {}
+        for i, lo in enumerate(self.loras):
+            if lo.unmatched or lo.unsupported:
+                name = lo.name if lo.name not in out else f"{lo.name} (#{i + 1})"  # one LoRA given twice
+                out[name] = lo.unmatched + [f"{m} ({t})" for m, t in lo.unsupported]
+        return out
+
+    def changed_keys(self) -> list[str]:
+        """The weights some LoRA changes (a module in a block at ratio 0 changes nothing)."""
+        return [k for k, cs in self.by_key.items() if any(c.ratio != 0.0 for c in cs)]
 
     def summary_lines(self) -> list[str]:
         lines = [f"model        : {self.source.name} ({self.arch.label})"]
@@ -80,7 +88,7 @@ class LoraPlan:
         for name, missing in self.unmatched().items():
             lines.append(f"not applied  : {name}: {len(missing)} modules not found in the model: "
                          + ", ".join(missing[:8]) + (" ..." if len(missing) > 8 else ""))
-        lines.append(f"weights changed: {len(self.by_key)} of {len(self.source.tensors)} tensors")
+        lines.append(f"weights changed: {len(self.changed_keys())} of {len(self.source.tensors)} tensors")
         return lines
 
 
