@@ -2,6 +2,8 @@
 
 ``scale="full"`` gives the published shapes (SD1.5: 1,066,247,384 values; SDXL base 3,468,837,945);
 ``scale="tiny"`` keeps every key and layer but shrinks the widths so a whole model is a few MB.
+``vocab``: the text encoders' token-embedding rows (default: 49,408 full size, 1,000 tiny); a tiny
+model that a diffusers pipeline can run needs the full 49,408 (the CLIP tokenizer's size).
 Values are seeded normal noise (std 0.02; norm gains around 1), written one tensor at a time so
 even the full-size models need little memory to create.
 """
@@ -10,7 +12,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -231,9 +233,11 @@ SCHEDULE_BUFFERS = ("betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alph
                     "posterior_mean_coef1", "posterior_mean_coef2")
 
 
-def key_shapes(arch: str, scale: str = "tiny", in_channels: int = 4) -> list[tuple[str, Shape]]:
+def key_shapes(arch: str, scale: str = "tiny", in_channels: int = 4, vocab: int | None = None) -> list[tuple[str, Shape]]:
     """Every (key, shape) of a checkpoint of ``arch`` ('sd1', 'sd2', 'sdxl'), in a stable order."""
     w = (FULL if scale == "full" else TINY)[arch]
+    if vocab is not None:
+        w = replace(w, vocab=vocab)
     items: list[tuple[str, Shape]] = []
     if arch != "sdxl":
         items += [(b, (1000,)) for b in SCHEDULE_BUFFERS]
@@ -249,17 +253,19 @@ def key_shapes(arch: str, scale: str = "tiny", in_channels: int = 4) -> list[tup
     return items
 
 
-def make_state_dict(arch: str, seed: int = 0, scale: str = "tiny", dtype: str = "float16", in_channels: int = 4) -> dict:
+def make_state_dict(arch: str, seed: int = 0, scale: str = "tiny", dtype: str = "float16", in_channels: int = 4,
+                    vocab: int | None = None) -> dict:
     """A whole synthetic state dict in memory (use ``write_checkpoint`` for big ones)."""
-    return dict(iter_tensors(arch, seed, scale, dtype, in_channels))
+    return dict(iter_tensors(arch, seed, scale, dtype, in_channels, vocab))
 
 
-def iter_tensors(arch: str, seed: int = 0, scale: str = "tiny", dtype: str = "float16", in_channels: int = 4):
+def iter_tensors(arch: str, seed: int = 0, scale: str = "tiny", dtype: str = "float16", in_channels: int = 4,
+                 vocab: int | None = None):
     import torch
 
     g = torch.Generator().manual_seed(seed)
     tdtype = getattr(torch, dtype)
-    for key, shape in key_shapes(arch, scale, in_channels):
+    for key, shape in key_shapes(arch, scale, in_channels, vocab):
         if key.endswith("position_ids"):
             yield key, torch.arange(shape[-1], dtype=torch.int64).reshape(shape)
             continue
@@ -274,19 +280,19 @@ def iter_tensors(arch: str, seed: int = 0, scale: str = "tiny", dtype: str = "fl
 
 
 def write_checkpoint(path: str | os.PathLike, arch: str, seed: int = 0, scale: str = "tiny", dtype: str = "float16",
-                     in_channels: int = 4, metadata: dict | None = None) -> Path:
+                     in_channels: int = 4, metadata: dict | None = None, vocab: int | None = None) -> Path:
     """Write a synthetic checkpoint as .safetensors (streamed) or .ckpt (torch.save)."""
     path = Path(path)
     if path.suffix == ".safetensors":
         from ..io.safetensors_format import build_header
         from ..io.sources import dtype_code
 
-        tensors = iter_tensors(arch, seed, scale, dtype, in_channels)
+        tensors = iter_tensors(arch, seed, scale, dtype, in_channels, vocab)
         import torch
 
         tdtype = getattr(torch, dtype)
         entries = []
-        for key, shape in key_shapes(arch, scale, in_channels):
+        for key, shape in key_shapes(arch, scale, in_channels, vocab):
             code = "I64" if key.endswith("position_ids") else "F32" if key in SCHEDULE_BUFFERS else dtype_code(tdtype)
             entries.append((key, code, shape))
         header, _ = build_header(entries, metadata)
@@ -299,7 +305,7 @@ def write_checkpoint(path: str | os.PathLike, arch: str, seed: int = 0, scale: s
     else:
         import torch
 
-        torch.save(make_state_dict(arch, seed, scale, dtype, in_channels), path)
+        torch.save(make_state_dict(arch, seed, scale, dtype, in_channels, vocab), path)
     return path
 
 
