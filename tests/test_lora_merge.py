@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from supermerger.errors import RecipeError
+from supermerger.errors import OutputError, RecipeError
 from supermerger.lora import merge_loras, extract_loras, merge_to_checkpoint
 
 from test_lora_common import assert_close, factors, one_thread, zeros_checkpoint  # noqa: F401 (fixture)
@@ -154,6 +154,8 @@ def test_metadata_modes_and_hashes(tmp_path):
     assert first["ss_other"] == "x" and first["sshs_ratio"] == "1.0" and first["sshs_blocks"].startswith("1,1,")
     assert json.loads(metas["save all"]["sshs_cp1"])["sshs_ratio"] == "0.5"
     assert set(json.loads(metas["merge"]["ss_tag_frequency"])) == {"1_cat", "2_dog"}
+    with pytest.raises(OutputError, match="already exists"):  # refused before any work
+        merge_loras(specs, tmp_path / "merge.safetensors")
     record = json.loads(new["supermerger_lora_merge"])
     assert record["mode"] == "sum" and [x["ratio"] for x in record["loras"]] == [1.0, 0.5]
 

@@ -19,8 +19,8 @@ from ..errors import ArchitectureError, RecipeError
 from ..io.sources import DictSource, Source, open_model
 from .keymap import Target, keymap_from
 from .merge_loras import LoraResult
-from .save import put_module, save_lora
-from .svd import factorize
+from .save import check_save_options, put_module, save_lora
+from .svd import check_method, factorize
 
 TEXT_ENCODER_MIN_DIFF = 0.1
 BASE_MODEL_VERSION = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}
@@ -46,6 +46,8 @@ def make_lora(model_a, model_b, output=None, *, alpha: float = 1.0, beta: float 
     for name, value in (("dim", dim), ("conv_dim", conv_dim)):
         if value is not None and int(value) < 1:
             raise RecipeError(f"{name} must be at least 1 (got {value}).")
+    check_method(svd)
+    check_save_options(output, overwrite, precision)
     a_src = _open(model_a, "A")
     try:
         b_src = _open(model_b, "B")

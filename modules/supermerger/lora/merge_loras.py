@@ -33,8 +33,8 @@ from .blocks import LoraSpec, block_ratios, ratios_text
 from .files import open_loras
 from .formats import LoraFile, LoraMismatchError, LoraModule
 from .keymap import detect_lora_arch, keymap_for, lookup_name
-from .save import merged_metadata, put_module, save_lora, source_metadata
-from .svd import factorize, max_rank
+from .save import check_save_options, merged_metadata, put_module, save_lora, source_metadata
+from .svd import check_method, factorize, max_rank
 
 MODES = ("auto", "sum", "concat", "svd")
 
@@ -101,6 +101,8 @@ def merge_loras(specs, output=None, *, mode: str = "auto", dim: int | str | None
     if mode not in MODES:
         raise RecipeError(f"Unknown LoRA merge mode {mode!r}.", "Use auto, sum, concat or svd.")
     dim = _check_dim(dim)
+    check_method(svd)
+    check_save_options(output, overwrite, precision, metadata_mode)
     loras = open_loras(specs, lora_dirs)
     try:
         a = _arch_of(loras, arch)
@@ -309,6 +311,7 @@ def extract_loras(specs, output=None, *, alpha: float = 1.0, beta: float = 1.0, 
     from ..merge.methods_original import extract
 
     t0 = time.perf_counter()
+    check_save_options(output, overwrite, precision, metadata_mode)
     loras = open_loras(specs, lora_dirs)
     try:
         if len(loras) < 2:

@@ -96,6 +96,18 @@ def put_module(tensors: dict, name: str, up, down, alpha: float, mid=None) -> No
     tensors[f"{name}.alpha"] = torch.tensor(float(alpha))
 
 
+def check_save_options(output, overwrite: bool, precision: str, mode: str | None = None) -> None:
+    """Refuse a bad precision, metadata mode or output before any work is done."""
+    if precision not in PRECISIONS:
+        raise RecipeError(f"Unknown precision {precision!r}: use fp16, bf16 or fp32.")
+    if mode is not None:
+        metadata_mode(mode)
+    if output is not None:
+        if Path(output).suffix.lower() != ".safetensors":
+            raise OutputError(f"Output {str(output)!r}: LoRAs are written as .safetensors.")
+        check_output_path(output, overwrite)
+
+
 def save_lora(tensors: Mapping, output: str | os.PathLike, metadata: Mapping[str, str], precision: str = "fp16",
               overwrite: bool = False) -> tuple[Path, dict[str, str]]:
     """Write ``tensors`` (key order sorted) as a .safetensors LoRA; the hashes are added to the

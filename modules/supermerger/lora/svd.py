@@ -19,6 +19,12 @@ NITER = 2
 SMALL = 2**20
 
 
+def check_method(method: str) -> str:
+    if method not in METHODS:
+        raise RecipeError(f"Unknown SVD method {method!r}: use full or lowrank.")
+    return method
+
+
 def max_rank(shape: tuple[int, ...]) -> int:
     """The rank of a full ΔW of this shape (out × in·kh·kw)."""
     inner = 1
@@ -30,8 +36,7 @@ def max_rank(shape: tuple[int, ...]) -> int:
 def factorize(delta, rank: int, method: str = "full", seed: int = 0, clamp_quantile: float | None = 0.99):
     """(up, down) with up @ down ≈ ``delta`` at ``rank``, shaped for ``delta``'s kind of layer:
     linear (out, k) / (k, in); conv (out, k, 1, 1) / (k, in, kh, kw)."""
-    if method not in METHODS:
-        raise RecipeError(f"Unknown SVD method {method!r}: use full or lowrank.")
+    check_method(method)
     shape = tuple(delta.shape)
     mat = delta.reshape(shape[0], -1).float()
     rank = max(1, min(rank, max_rank(shape)))
