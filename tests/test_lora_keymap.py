@@ -80,7 +80,7 @@ def test_every_module_lands_on_its_key(arch, naming, checkpoints):
 
 
 def test_old_diffusers_and_ldm_dotted_names(checkpoints):
-    """Old diffusers attention-processor names, LoRACompatibleLinear `.lora.` names, and LDM-dotted names."""
+    """Old diffusers attention-processor names, LoRACompatibleLinear `.lora.` names, LDM-dotted names, te1 on SD1."""
     sd = checkpoints["sd1"]
     gen = torch.Generator().manual_seed(1)
     key_q = UNET + "input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight"
@@ -93,11 +93,16 @@ def test_old_diffusers_and_ldm_dotted_names(checkpoints):
         "diffusion_model.output_blocks.5.1.transformer_blocks.0.ff.net.2.lora": key_ff,
         "text_encoder.text_model.encoder.layers.3.mlp.fc1.lora_linear_layer": key_te,
     }
+    key_te1 = "cond_stage_model.transformer.text_model.encoder.layers.4.mlp.fc2.weight"
     lora, expected = {}, {}
     for name, key in names.items():
         up, down = factors(sd[key].shape, 1, gen)
         lora[f"{name}.up.weight"], lora[f"{name}.down.weight"] = up, down
         expected[key] = reference_delta(up, down, 1, 1)
+    up, down = factors(sd[key_te1].shape, 1, gen)  # SD1 text encoder spelt te1, as some tools write it
+    lora["lora_te1_text_model_encoder_layers_4_mlp_fc2.lora_up.weight"] = up
+    lora["lora_te1_text_model_encoder_layers_4_mlp_fc2.lora_down.weight"] = down
+    expected[key_te1] = reference_delta(up, down, 1, 1)
     out = merge_to_checkpoint(sd, [(lora, 1.0)]).state_dict
     for key, delta in expected.items():
         assert_close(out[key], delta, what=key)

@@ -137,6 +137,8 @@ def lookup_name(module_name: str, keymap: KeyMap | None = None) -> str:
     ``unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q`` ->
     ``lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q``.
     """
+    if module_name.startswith("lora_te1_") and keymap is not None and len(keymap.text_encoders) == 1:
+        return keymap.text_encoders[0]["kohya"] + module_name[len("lora_te1"):]  # some SD1 tools write te1
     if module_name.startswith("lora_") or "." not in module_name:
         return module_name
     name = _PROCESSOR.sub(lambda m: "." + m[1] + (".0" if m[1] == "to_out" else ""), module_name)
