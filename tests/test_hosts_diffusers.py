@@ -190,12 +190,16 @@ def test_merge_into_live_pipeline(built):
     for key, target in host._targets.items():  # the live weights are the merge (computed in fp32 here)
         live = target.tensor.T if target.kind == "T" else target.tensor.reshape(target.ldm_shape)
         assert torch.equal(live.to(in_memory[key].dtype), in_memory[key]), key
-    assert host.generate(PARAMS).infotexts[0].endswith("Model: A x 0.6 + B x 0.4, Merge ID: 7")
+    fields = parse_infotext(host.generate(PARAMS).infotexts[0])[2]
+    assert fields["Model"] == f"A x 0.6 + B x 0.4 ID {host.history_id}" and host.history_id is not None
+    assert Recipe.from_json(fields["SuperMerger recipe"]).alpha == 0.4 and fields["Merge ID"] == "7"
     stop = threading.Event()
     stop.set()
     with pytest.raises(MergeCancelled):
         host.merge_and_load(recipe, models={"A": a, "B": b}, name="never", stop=stop)
     assert host.model_name == "A x 0.6 + B x 0.4 (partly overwritten by an interrupted merge)"
+    fields = parse_infotext(host.generate(PARAMS).infotexts[0])[2]
+    assert fields["Model"] == host.model_name and "SuperMerger recipe" not in fields
 
 
 def test_hires_fix_sd1(built):

@@ -27,6 +27,7 @@ from . import samplers as sampler_table
 from .base import GenParams, Generated, Host
 from .diffusers_configs import UNET, VAE, PipelineLayout, layout_for
 from .infotext import format_infotext
+from .mergeinfo import RECIPE_FIELD
 
 MODEL_EXTS = (".safetensors", ".ckpt", ".pt", ".pth")
 
@@ -100,13 +101,21 @@ class DiffusersHost(Host):
     """SD1.x / SD2.x / SDXL txt2img with diffusers, offline.
 
     ``models_dir``/``vae_dir``/``lora_dir``: folders to list; ``dtype``: the pipeline's dtype
-    (float32 on CPU; float16 or bfloat16 on a GPU); ``work_dir``: where the tokenizer files are kept.
+    (float32 on CPU; float16 or bfloat16 on a GPU); ``work_dir``: where the tokenizer files are kept;
+    ``cache``: a ``ModelCache`` for the checkpoints merges read (True: one of two models; False or
+    None: merges stream from the files, as a one-shot command wants).
+
+    Images of a merge made by ``merge_and_load`` carry the merge's history ID in their ``Model``
+    field and the recipe in a ``SuperMerger recipe`` field (see ``mergeinfo``).
     """
 
     name = "diffusers"
 
     def __init__(self, models_dir: str | os.PathLike | None = None, *, vae_dir=None, lora_dir=None,
-                 device: str = "cpu", dtype: str = "float32", work_dir: str | os.PathLike | None = None):
+                 device: str = "cpu", dtype: str = "float32", work_dir: str | os.PathLike | None = None,
+                 cache: "ModelCache | bool | None" = True):
+        from .cache import ModelCache
+
         self.models_dir = Path(models_dir) if models_dir else None
         self.vae_dir = Path(vae_dir) if vae_dir else None
         self.lora_dir = Path(lora_dir) if lora_dir else None
@@ -120,6 +129,8 @@ class DiffusersHost(Host):
         self._targets: dict[str, _Target] = {}
         self._img2img = None
         self.timings: dict[str, float] = {}
+        self.cache: ModelCache | None = ModelCache(max_models=2) if cache is True else (cache or None)
+        self.history_id: int | None = None  # the live merge's ID in the merge history
 
     # -- listing --------------------------------------------------------------------------------
     @staticmethod
@@ -153,6 +164,25 @@ class DiffusersHost(Host):
     @property
     def model_name(self) -> str | None:
         return self._name
+
+    def read_state_dict(self, name: str) -> Mapping:
+        if self.cache is None:
+            return super().read_state_dict(name)
+        return self.cache.get(self.checkpoint_path(name))
+
+    def _cached_models(self, recipe, models: Mapping | None) -> dict | None:
+        """``models`` with the recipe's model files answered from the cache (when there is one)."""
+        if self.cache is None:
+            return models
+        out = dict(models or {})
+        for label, value in (("A", recipe.model_a), ("B", recipe.model_b), ("C", recipe.model_c)):
+            if label not in out and value and Path(value).suffix.lower() in MODEL_EXTS and Path(value).is_file():
+                out[label] = self.cache.source(value)
+        return out
+
+    def clear_cache(self) -> int:
+        """"Clear cache": drop the cached checkpoints (not those an XY plot protects)."""
+        return self.cache.clear() if self.cache is not None else 0
 
     # -- building and swapping ----------------------------------------------------------------------
     def _torch_dtype(self):
@@ -287,9 +317,16 @@ class DiffusersHost(Host):
             self.timings["swap"] = time.perf_counter() - t0
         self._after_swap(name, infotext)
 
-    def _after_swap(self, name: str, infotext: Mapping[str, Any] | None) -> None:
+    def _after_swap(self, name: str, infotext: Mapping[str, Any] | None, result=None, recipe=None) -> None:
         self._name = name
-        self._extra_info = dict(infotext or {})
+        self.history_id = getattr(result, "history_id", None)
+        extra = {}
+        if result is not None:
+            from .mergeinfo import merge_fields
+
+            extra = merge_fields(name, result, recipe)
+        extra.update(infotext or {})
+        self._extra_info = extra
 
     def live_state_dict(self, shapes: Mapping[str, tuple] | None = None) -> tuple[dict, list]:
         """(LDM key → tensor that writes into the pipeline, post-copies): the ``into`` target of a merge.
@@ -318,6 +355,7 @@ class DiffusersHost(Host):
 
         from ..api import merge, plan_merge
 
+        models = self._cached_models(recipe, models)
         plan = plan_merge(recipe, models)
         try:
             shapes = {t.key: tuple(t.shape) for t in plan.tasks}
@@ -329,7 +367,7 @@ class DiffusersHost(Host):
             result = merge(recipe, models=models, **merge_kwargs)
             self.build(result.state_dict, name or result.name)
             result.state_dict = None
-            self._after_swap(name or result.name, infotext)
+            self._after_swap(name or result.name, infotext, result)
             return result
         t0 = time.perf_counter()
         live, post = self.live_state_dict(shapes)
@@ -338,13 +376,15 @@ class DiffusersHost(Host):
         except BaseException:
             # a stopped or failed merge leaves the weights partly overwritten: say so in every infotext
             self._name = f"{self._name} (partly overwritten by an interrupted merge)"
+            self.history_id = None
+            self._extra_info = {k: v for k, v in self._extra_info.items() if k not in ("Model", RECIPE_FIELD)}
             raise
         with torch.no_grad():
             for scratch, dest in post:
                 dest.copy_(scratch.T)
         result.state_dict = None
         self.timings["merge_into"] = time.perf_counter() - t0
-        self._after_swap(name or result.name, infotext)
+        self._after_swap(name or result.name, infotext, result)
         return result
 
     # -- generating ---------------------------------------------------------------------------
@@ -421,4 +461,6 @@ class DiffusersHost(Host):
         self._targets = {}
         self.layout = None
         self._name = None
+        self.history_id = None
+        self._extra_info = {}
         gc.collect()
