@@ -4,6 +4,8 @@
     supermerger merge --recipe-from out.safetensors --output replay.safetensors
     supermerger merge --from-history -1 --models-dir /models --output again.safetensors
     supermerger history list | search WORDS | show ID
+    supermerger gen --model-a A.safetensors --model-b B.safetensors --alpha 0.3 --prompt "a cat" --seed 1
+    supermerger demo
     supermerger lora to-checkpoint | merge | make | extract | dims | presets ...
     supermerger presets | blocks | calcmodes
 
@@ -37,7 +39,9 @@ EXAMPLES = textwrap.dedent("""\
     """)
 
 
-def _add_merge_args(p: argparse.ArgumentParser) -> None:
+def _add_merge_args(p: argparse.ArgumentParser, gen: bool = False) -> None:
+    """The merge options; ``gen``: for `supermerger gen` (no output file; --seed is the image seed, so the
+    merge's seed is --random-seed only)."""
     g = p.add_argument_group("models")
     g.add_argument("-a", "--model-a", help="model A (.safetensors or .ckpt); the base, whose dtypes are kept")
     g.add_argument("-b", "--model-b", help="model B")
@@ -59,8 +63,9 @@ def _add_merge_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--include", metavar="LIST", help='merge only these blocks / key substrings, e.g. "IN04 OUT05 attn2"')
     g.add_argument("--exclude", metavar="LIST", help='keep these blocks / key substrings from A, e.g. "BASE VAE"')
     g.add_argument("--adjust", metavar="8 VALUES", help="IN,OUT,OUT2,CONT,BRI,COL1,COL2,COL3 detail/colour tweak")
-    g.add_argument("--seed", "--random-seed", dest="seed", type=int, help="seed of every random draw (dice roll, "
-                   "plus random, dare); -1 draws one, which is recorded in the output's recipe")
+    g.add_argument(*(("--random-seed",) if gen else ("--seed", "--random-seed")), dest="seed", type=int,
+                   help="seed of every random draw (dice roll, plus random, dare); -1 draws one, which is recorded "
+                   "in the output's recipe")
     g.add_argument("--device", help="cpu (default) or cuda")
     g = p.add_argument_group("let the dice roll (random block ratios, replayable from the seed)")
     g.add_argument("--random-mode", metavar="MODE", help="off, R, U, X, D, ER, EU, EX or custom: fill the weights with "
@@ -74,25 +79,33 @@ def _add_merge_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--random-clamp-upper", metavar="LIST", help="every drawn block ratio is at most this (default 1)")
     g.add_argument("--random-clamp-lower", metavar="LIST", help="every drawn block ratio is at least this (default 0)")
     g.add_argument("--round", type=int, metavar="N", help="decimals of the drawn ratios (default 3)")
-    g = p.add_argument_group("output")
-    g.add_argument("-o", "--output", help="output file (.safetensors or .ckpt); default: a name built from the merge, "
-                   "in the current folder")
+    g = p.add_argument_group("output" if not gen else "merged model")
+    if gen:
+        p.set_defaults(output=None, overwrite=None, dry_run=False, explain=False)
+    else:
+        g.add_argument("-o", "--output", help="output file (.safetensors or .ckpt); default: a name built from the "
+                       "merge, in the current folder")
     g.add_argument("--dtype", choices=("fp16", "bf16", "fp32", "keep"), help="cast float tensors (default keep A's)")
     g.add_argument("--prune", action="store_true", default=None, help="keep only U-Net, text encoder and VAE keys")
     g.add_argument("--reset-clip-ids", action="store_true", default=None, help="rewrite CLIP position_ids as 0..76")
     g.add_argument("--bake-vae", metavar="VAE", help="replace the merged VAE by this VAE file")
-    g.add_argument("--overwrite", action="store_true", default=None, help="replace an existing output file")
+    if not gen:
+        g.add_argument("--overwrite", action="store_true", default=None, help="replace an existing output file")
     g = p.add_argument_group("recipes and checks")
     g.add_argument("--recipe", metavar="R.json", help="read the recipe from a JSON file; other options override it")
     g.add_argument("--recipe-from", metavar="MERGED", help="replay the recipe stored in a merged .safetensors")
     g.add_argument("--from-history", metavar="ID", type=int, help="replay merge ID of the merge history (-1 = the "
                    "last, -2 = the one before); its models are found by hash; other options override")
-    g.add_argument("--models-dir", metavar="DIR", action="append", help="with --from-history: a folder (searched with "
-                   "its subfolders) where the recorded models may be; repeatable")
+    g.add_argument("--models-dir", metavar="DIR", action="append", help=(
+        "a folder of checkpoints: model names not found as given are looked up there (and, with --from-history, "
+        "the recorded models are searched there with its subfolders); repeatable") if gen else (
+        "with --from-history: a folder (searched with its subfolders) where the recorded models may be; repeatable"))
     g.add_argument("--no-history", action="store_true", help="do not record this merge in the merge history")
     g.add_argument("--save-recipe", metavar="R.json", help="write the effective recipe as JSON")
-    g.add_argument("--dry-run", action="store_true", help="validate and print the plan; read no tensor, write nothing")
-    g.add_argument("--explain", action="store_true", help="print the ratio and rule that apply to every key")
+    if not gen:
+        g.add_argument("--dry-run", action="store_true", help="validate and print the plan; read no tensor, write "
+                       "nothing")
+        g.add_argument("--explain", action="store_true", help="print the ratio and rule that apply to every key")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
@@ -125,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("calcmodes", help="list the calculation modes")
     _add_lora_parser(sub)
     _add_history_parser(sub)
+    _add_gen_parsers(sub)
     return parser
 
 
@@ -227,18 +241,11 @@ def _dice_from_args(args, base: dict | None) -> dict | None:
     return dict(base or {}, **given)
 
 
-def _demo_models() -> tuple[str, str]:
-    from .paths import data_dir
-    from .testing.synthetic import write_checkpoint
+def _demo_models(arch: str = "sd1") -> tuple[str, str]:
+    """The built-in demo models (tiny, random weights, the full CLIP vocabulary), made on first use."""
+    from .demo import demo_models
 
-    folder = data_dir() / "demo"
-    folder.mkdir(parents=True, exist_ok=True)
-    a, b = folder / "demoA.safetensors", folder / "demoB.safetensors"
-    if not a.exists():
-        write_checkpoint(a, "sd1", seed=1)
-    if not b.exists():
-        write_checkpoint(b, "sd1", seed=2)
-    return str(a), str(b)
+    return demo_models(arch)
 
 
 def cmd_merge(args) -> int:
@@ -434,6 +441,25 @@ def _add_lora_parser(sub) -> None:
     add_parser(sub)
 
 
+def _add_gen_parsers(sub) -> None:
+    """`supermerger gen` and `supermerger demo`: their options live in supermerger.gen_cli."""
+    from .gen_cli import add_parsers
+
+    add_parsers(sub)
+
+
+def cmd_gen(args) -> int:
+    from .gen_cli import cmd_gen as run
+
+    return run(args)
+
+
+def cmd_demo(args) -> int:
+    from .gen_cli import cmd_demo as run
+
+    return run(args)
+
+
 def cmd_lora(args) -> int:
     from .lora.cli import run
 
@@ -463,7 +489,7 @@ def _main(argv: list[str] | None) -> int:
         parser.print_help()
         return 0
     handler = {"merge": cmd_merge, "presets": cmd_presets, "blocks": cmd_blocks, "calcmodes": cmd_calcmodes,
-               "history": cmd_history, "lora": cmd_lora}[args.command]
+               "history": cmd_history, "lora": cmd_lora, "gen": cmd_gen, "demo": cmd_demo}[args.command]
     try:
         return handler(args)
     except SuperMergerError as e:
