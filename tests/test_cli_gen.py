@@ -117,3 +117,13 @@ def test_help_lists_gen_and_demo(capsys):
                 "--models-dir"):
         assert opt in text, opt
     assert "--output" not in text
+
+
+def test_sdxl_demo_models_have_both_vocabularies(_isolated_data_dir):
+    from supermerger.demo import demo_models
+    from supermerger.io.safetensors_format import read_header
+
+    a, b = demo_models("sdxl")
+    assert a.endswith("demoXL_A.safetensors") and b.endswith("demoXL_B.safetensors")
+    rows = [i.shape[0] for k, i in read_header(b).tensors.items() if k.endswith("token_embedding.weight")]
+    assert rows == [49408, 49408]
