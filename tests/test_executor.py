@@ -185,22 +185,61 @@ def test_overwriting_an_existing_output_releases_and_replaces_it(models, tmp_pat
     assert all(_bits_equal(got[k], ref[k]) for k in ref)
 
 
-def test_read_error_is_reported_not_hung(models, tmp_path, monkeypatch):
+@pytest.mark.parametrize("method", ["view", "read_bytes"])
+def test_read_error_is_reported_not_hung(models, tmp_path, monkeypatch, method):
     from supermerger.io import sources
 
     calls = {"n": 0}
-    real = sources.SafetensorsSource.read_bytes
+    real = getattr(sources.SafetensorsSource, method)
 
     def flaky(self, *a):
         calls["n"] += 1
         if calls["n"] == 30:
             raise sources.ModelFileError("disk went away")
         return real(self, *a)
-    monkeypatch.setattr(sources.SafetensorsSource, "read_bytes", flaky)
+    monkeypatch.setattr(sources.SafetensorsSource, method, flaky)
+    if method == "read_bytes":
+        monkeypatch.setattr(sources.SafetensorsSource, "mapped", False, raising=False)
+        monkeypatch.setattr(sources.SafetensorsSource, "__init__", _unmapped_init(sources.SafetensorsSource.__init__))
     out = tmp_path / "x.safetensors"
     with pytest.raises(SuperMergerError, match="disk went away"):
         supermerger.merge(Recipe(**_paths(models)), output=out)
     assert not out.exists()
+
+
+def _unmapped_init(real):
+    def init(self, *a, **k):
+        real(self, *a, **k)
+        self.mapped = False
+    return init
+
+
+def test_mapped_and_read_inputs_give_the_same_file(models, tmp_path):
+    from supermerger.io.sources import SafetensorsSource
+
+    outs = []
+    for mapped in (True, False):
+        srcs = {k: SafetensorsSource(models[("sd1", k)], mapped=mapped) for k in "ABC"}
+        out = tmp_path / f"m{mapped}.safetensors"
+        supermerger.merge(Recipe(mode="add_difference", alpha=0.6), models=srcs, output=out)
+        outs.append(load_file(str(out)))
+    assert outs[0].keys() == outs[1].keys() and all(_bits_equal(outs[0][k], outs[1][k]) for k in outs[0])
+
+
+def test_input_truncated_during_the_merge_is_a_clean_error(models, tmp_path):
+    import shutil
+
+    a = tmp_path / "A.safetensors"
+    shutil.copy(models[("sd1", "A")], a)
+    plan = plan_merge(Recipe(model_a=str(a), model_b=str(models[("sd1", "B")])))
+    with open(a, "r+b") as f:  # another program cuts the file short after we planned
+        f.truncate(a.stat().st_size // 2)
+    try:
+        with pytest.raises(SuperMergerError, match="ended early"):
+            execute(plan, "memory")
+    finally:
+        for s in plan.sources.values():
+            s.close()
 
 
 def test_threads_setting_is_restored(models):

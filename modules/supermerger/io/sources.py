@@ -1,20 +1,26 @@
 """Tensor sources: where the executor gets input tensors from.
 
-``open_model`` gives a SafetensorsSource (header parsed, tensors read on demand with plain
-``readinto`` calls, never the whole file) or, for ``.ckpt``/``.pt``, a DictSource over a
-``torch.load(weights_only=True)`` result. A DictSource also wraps any in-memory state dict
-(a host's cache, a library caller's dict).
+``open_model`` gives a SafetensorsSource (header parsed, tensors read on demand, never the whole
+file) or, for ``.ckpt``/``.pt``, a DictSource over a ``torch.load(weights_only=True)`` result. A
+DictSource also wraps any in-memory state dict (a host's cache, a library caller's dict).
 
 Every source exposes the same small surface: ``tensors`` (name -> TensorInfo), ``metadata``,
-``chunk(key, start, count, buf)`` (a flat torch view of ``count`` elements) and ``tensor(key)``.
+``chunk(key, start, count, buf)`` (a flat torch tensor of ``count`` elements, read into ``buf``
+for file sources) and ``tensor(key)`` (a private copy for file sources). A SafetensorsSource
+also has ``view(key, start, count)``: the elements as a read-only tensor over the file's own
+pages (a memory map), which the executor uses — it saves copying every input byte once
+(about a fifth of the CPU time of a weight sum) and needs no buffers.
 """
 
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 import pickle
+import re
 import threading
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Mapping
@@ -64,6 +70,7 @@ class Source:
     tensors: dict[str, TensorInfo]
     metadata: dict[str, str]
     buffered = False  # chunk() reads into the caller's buffer (True) or returns a view of memory (False)
+    mapped = False  # view() gives read-only tensors over a memory map of the file
 
     def chunk(self, key: str, start: int, count: int, buf=None):
         raise NotImplementedError
@@ -87,7 +94,8 @@ class Source:
 class SafetensorsSource(Source):
     buffered = True
 
-    def __init__(self, path: str | os.PathLike, name: str | None = None):
+    def __init__(self, path: str | os.PathLike, name: str | None = None, mapped: bool = True):
+        self.mapped = mapped
         self.path = Path(path)
         self.name = name or model_name(self.path)
         header = read_header(self.path)
@@ -137,10 +145,47 @@ class SafetensorsSource(Source):
             return torch.empty(0, dtype=dtype)
         return torch.frombuffer(mv, dtype=dtype, count=count)
 
+    def view(self, key: str, start: int, count: int):
+        """Elements [start, start+count) of ``key`` as a flat, read-only tensor over the file's
+        pages (mapped and faulted in now, on the calling thread; unmapped when the tensor dies).
+        Never write into it (the process would crash): copy first."""
+        import torch
+
+        info = self.tensors[key]
+        dtype = torch_dtype(info.dtype)
+        nbytes = count * info.itemsize
+        if nbytes == 0:
+            return torch.empty(0, dtype=dtype)
+        pos = info.offset + start * info.itemsize
+        fd = self._f().fileno()
+        if os.fstat(fd).st_size < pos + nbytes:  # a truncated file would crash the process on access
+            raise ModelFileError(f"{str(self.path)!r} ended early while reading {key!r}: "
+                                 "the file was truncated or replaced during the merge.")
+        lo = pos - pos % mmap.ALLOCATIONGRANULARITY
+        m = mmap.mmap(fd, pos + nbytes - lo, offset=lo, **_MAP_READ)
+        _quiet_readonly_warning()
+        return torch.frombuffer(m, dtype=dtype, count=count, offset=pos - lo)
+
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+if hasattr(mmap, "MAP_POPULATE"):  # fault the pages in at once, in the (reader) thread that maps them
+    _MAP_READ = dict(flags=mmap.MAP_SHARED | mmap.MAP_POPULATE, prot=mmap.PROT_READ)
+else:
+    _MAP_READ = dict(access=mmap.ACCESS_READ)
+_warning_filtered = False
+
+
+def _quiet_readonly_warning() -> None:
+    """torch warns that a tensor over a read-only buffer could be written to; ours are never."""
+    global _warning_filtered
+    if not _warning_filtered:
+        warnings.filterwarnings("ignore", message="The given buffer is not writable", category=UserWarning,
+                                module=re.escape(__name__))
+        _warning_filtered = True
 
 
 _seek_lock = threading.Lock()

@@ -98,8 +98,13 @@ def _needed_inputs(plan: MergePlan, task: KeyTask) -> tuple[str, ...]:
 
 
 def _buffered(src: Source) -> bool:
-    """Whether reading from ``src`` needs a buffer of ours (files do; tensors in memory are viewed)."""
-    return getattr(src, "buffered", False)
+    """Whether reading from ``src`` needs a buffer of ours (unmapped files; tensors in memory are viewed)."""
+    return getattr(src, "buffered", False) and not getattr(src, "mapped", False)
+
+
+def _does_io(src: Source) -> bool:
+    """Whether getting chunks from ``src`` costs time (reading, mapping): the reader thread does it."""
+    return getattr(src, "buffered", False) or getattr(src, "mapped", False)
 
 
 def _iter_work(plan: MergePlan, chunk_elems: int, take: Callable[[queue.Queue], Slot], pools, file_sink: bool,
@@ -127,8 +132,11 @@ def _iter_work(plan: MergePlan, chunk_elems: int, take: Callable[[queue.Queue], 
                 skey = task.src_key or task.key if name == task.src else task.key
                 info = src.tensors[skey]
                 n = info.numel if task.whole else count  # whole: each model's own size (inpainting A is wider)
-                buf = slot.buf(name, n * info.itemsize) if slot is not None and _buffered(src) else None
-                inputs[name] = src.chunk(skey, start, n, buf)
+                if getattr(src, "mapped", False):
+                    inputs[name] = src.view(skey, start, n)
+                else:
+                    buf = slot.buf(name, n * info.itemsize) if slot is not None and _buffered(src) else None
+                    inputs[name] = src.chunk(skey, start, n, buf)
             yield Work(index, task, start, count, inputs, slot, pool, start + count >= task.numel)
 
 
@@ -215,6 +223,8 @@ class Computer:
         self.stats = stats
         self.device = torch.device(device)
         self.cuda = self.device.type == "cuda"
+        if self.cuda and self.device.index is None:  # "cuda" and "cuda:0" must compare equal below
+            self.device = torch.device("cuda", torch.cuda.current_device())
         self.staged = (self.device.type != "cpu") if staged is None else staged
         self.window = chunk_elems if self.staged else window
         self.scratch = {n: torch.empty(self.window, dtype=torch.float32, device=self.device) for n in plan.inputs()}
@@ -520,7 +530,7 @@ def execute(plan: MergePlan, sink_kind: str, *, writer=None, target: Mapping | N
             stats = plan.calcmode.prepass(plan) if plan.calcmode.prepass is not None else None
             computer = Computer(plan, device, window, stats, staged, chunk_elems)
             items = _iter_work(plan, chunk_elems, take, (chunk_pool, whole_pool), sink is not None, abort)
-            if any(_buffered(s) for s in plan.sources.values()):
+            if any(_does_io(s) for s in plan.sources.values()):
                 work_q: queue.Queue = queue.Queue(maxsize=SLOTS)
                 reader = _Reader(items, work_q, abort)
                 items = _received(work_q, abort, sink)
