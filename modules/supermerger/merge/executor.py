@@ -1,11 +1,11 @@
 """The streaming executor: read, merge and write one bounded chunk at a time.
 
-Three stages overlap: a reader thread fills chunk buffers from the input files, the calling
-thread computes, and a sink consumes the result — a writer thread appending to a safetensors
+Three stages overlap: a reader thread maps the input files' chunks (or reads them into buffers),
+the calling thread computes, and a sink consumes the result — a writer thread appending to a safetensors
 file whose header was written first (``"file"``), new tensors in memory (``"memory"``), or the
 tensors of an existing state dict overwritten in place (``"into"``: a live model re-merged with
-new ratios, no second copy of it). Buffers are recycled through a fixed number of slots, so
-peak memory is set by the chunk size, not by the size of the models.
+new ratios, no second copy of it). Chunks in flight and their buffers are bounded by a fixed
+number of recycled slots, so peak memory is set by the chunk size, not by the size of the models.
 
 Where the time goes, and what is done about it (see bench/README.md for the figures):
 - ``import torch`` takes 1-2 s: the cyclic garbage collector is paused during it and the merge,
@@ -97,9 +97,9 @@ def _needed_inputs(plan: MergePlan, task: KeyTask) -> tuple[str, ...]:
     return ()
 
 
-def _buffered(src: Source) -> bool:
+def _buffered(src: Source, map_inputs: bool = True) -> bool:
     """Whether reading from ``src`` needs a buffer of ours (unmapped files; tensors in memory are viewed)."""
-    return getattr(src, "buffered", False) and not getattr(src, "mapped", False)
+    return getattr(src, "buffered", False) and not (map_inputs and getattr(src, "mapped", False))
 
 
 def _does_io(src: Source) -> bool:
@@ -108,17 +108,19 @@ def _does_io(src: Source) -> bool:
 
 
 def _iter_work(plan: MergePlan, chunk_elems: int, take: Callable[[queue.Queue], Slot], pools, file_sink: bool,
-               abort: threading.Event):
+               abort: threading.Event, map_inputs: bool = True):
     """Every chunk of every task, in output order, with its inputs read.
 
     ``pools``: (chunk slots, whole-tensor slots). A slot is taken whenever bytes must land in a
     buffer of ours (a file input, or the output bound for the file) and given back once consumed;
     the whole-tensor pool is small, so at most two whole tensors are in flight, and their buffers,
-    grown to the largest tensor, are reused rather than allocated (and page-faulted) per key."""
+    grown to the largest tensor, are reused rather than allocated (and page-faulted) per key.
+    ``map_inputs``: view file inputs through memory maps; when False they are read into the slots'
+    buffers (pinned for a GPU: uploads from them are asynchronous)."""
     chunk_pool, whole_pool = pools
     for index, task in enumerate(plan.tasks):
         needed = _needed_inputs(plan, task)
-        buffered = any(_buffered(plan.sources[n]) for n in needed)
+        buffered = any(_buffered(plan.sources[n], map_inputs) for n in needed)
         for start, count in _chunks(task, chunk_elems):
             if abort.is_set():
                 return
@@ -132,10 +134,10 @@ def _iter_work(plan: MergePlan, chunk_elems: int, take: Callable[[queue.Queue], 
                 skey = task.src_key or task.key if name == task.src else task.key
                 info = src.tensors[skey]
                 n = info.numel if task.whole else count  # whole: each model's own size (inpainting A is wider)
-                if getattr(src, "mapped", False):
+                if map_inputs and getattr(src, "mapped", False):
                     inputs[name] = src.view(skey, start, n)
                 else:
-                    buf = slot.buf(name, n * info.itemsize) if slot is not None and _buffered(src) else None
+                    buf = slot.buf(name, n * info.itemsize) if slot is not None and _buffered(src, map_inputs) else None
                     inputs[name] = src.chunk(skey, start, n, buf)
             yield Work(index, task, start, count, inputs, slot, pool, start + count >= task.numel)
 
@@ -529,7 +531,10 @@ def execute(plan: MergePlan, sink_kind: str, *, writer=None, target: Mapping | N
         with intra_op_threads(threads) if threads and dev.type == "cpu" else contextlib.nullcontext():
             stats = plan.calcmode.prepass(plan) if plan.calcmode.prepass is not None else None
             computer = Computer(plan, device, window, stats, staged, chunk_elems)
-            items = _iter_work(plan, chunk_elems, take, (chunk_pool, whole_pool), sink is not None, abort)
+            # Staged (GPU) merges read into pinned buffers instead of mapping: uploads from mapped
+            # (pageable) memory would not overlap with anything.
+            items = _iter_work(plan, chunk_elems, take, (chunk_pool, whole_pool), sink is not None, abort,
+                               map_inputs=not computer.staged)
             if any(_does_io(s) for s in plan.sources.values()):
                 work_q: queue.Queue = queue.Queue(maxsize=SLOTS)
                 reader = _Reader(items, work_q, abort)
