@@ -90,6 +90,7 @@ def main() -> None:
         "merge_s": statistics.median(merges), "merge_min_s": min(merges), "merge_max_s": max(merges),
         "floor_s": statistics.median(floors), "floor_default_threads_s": statistics.median(floors_default),
         "ratio": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
+        "ratio_vs_default_threads": statistics.median(merges) / statistics.median(floors_default),
         "rss_start": rss_start, "rss_first": rss_after[0], "rss_last": rss_after[-1], "rss_max": max(rss_after),
         "rss_growth": max(rss_after) - rss_after[0],
         "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,

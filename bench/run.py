@@ -184,7 +184,8 @@ def interactive_case(args, results: dict) -> None:
     mib = 2**20
     say(f"  -> re-merge {row['merge_s']:.3f} s (min {row['merge_min_s']:.3f}, max {row['merge_max_s']:.3f}), "
         f"floor pass {row['floor_s']:.3f} s (default threads {row['floor_default_threads_s']:.3f} s), "
-        f"ratio {row['ratio']:.2f} ({row['ratio_min']:.2f}–{row['ratio_max']:.2f})")
+        f"ratio {row['ratio']:.2f} ({row['ratio_min']:.2f}–{row['ratio_max']:.2f}); "
+        f"against the default-thread pass {row['ratio_vs_default_threads']:.2f}")
     say(f"     RSS after merge 1 {row['rss_first'] / mib:.0f} MiB, after {row['merges']} "
         f"{row['rss_last'] / mib:.0f} MiB, growth {row['rss_growth'] / mib:+.1f} MiB "
         f"(inputs + live model {3 * row['model_bytes'] / mib:.0f} MiB); "
