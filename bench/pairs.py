@@ -4,7 +4,9 @@ The machine is shared and noisy (absolute seconds move by ±30 % between minutes
 figure that matters is a ratio taken pair by pair: A B A B ..., each A divided by its own B.
 Wall time comes from a monotonic clock around the child; CPU time and peak RSS from the
 kernel's accounting of the reaped child (``os.wait4``; peak RSS is the largest process of the
-child's tree, the descendants it waited for included).
+child's tree, the descendants it waited for included — and, since the kernel records the RSS of
+the address space a child replaces at exec, never less than this parent's RSS at fork time:
+keep the parent small).
 """
 
 from __future__ import annotations
