@@ -139,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_lora_parser(sub)
     _add_history_parser(sub)
     _add_gen_parsers(sub)
+    _add_ui_parser(sub)
     return parser
 
 
@@ -448,6 +449,19 @@ def _add_gen_parsers(sub) -> None:
     add_parsers(sub)
 
 
+def _add_ui_parser(sub) -> None:
+    """`supermerger ui`: the standalone app; its options live in supermerger.ui.standalone (no gradio import)."""
+    from .ui.standalone import add_parser
+
+    add_parser(sub)
+
+
+def cmd_ui(args) -> int:
+    from .ui.standalone import run
+
+    return run(args)
+
+
 def cmd_gen(args) -> int:
     from .gen_cli import cmd_gen as run
 
@@ -489,7 +503,8 @@ def _main(argv: list[str] | None) -> int:
         parser.print_help()
         return 0
     handler = {"merge": cmd_merge, "presets": cmd_presets, "blocks": cmd_blocks, "calcmodes": cmd_calcmodes,
-               "history": cmd_history, "lora": cmd_lora, "gen": cmd_gen, "demo": cmd_demo}[args.command]
+               "history": cmd_history, "lora": cmd_lora, "gen": cmd_gen, "demo": cmd_demo,
+               "ui": cmd_ui}[args.command]
     try:
         return handler(args)
     except SuperMergerError as e:

@@ -1,0 +1,1 @@
+"""The Gradio UI (the only package, with scripts/, that imports gradio): see ``app``."""

@@ -1,0 +1,106 @@
+"""What every tab shares: the host, a registry of named components, the Stop flag, and the Merge
+tab's inputs and outputs bound to ``forms`` (values <-> Recipe / GenParams).
+
+Tabs register components under ``ctx.components["<tab>.<name>"]``. The Merge tab fills
+``merge_inputs`` (in ``forms.MERGE_FIELDS`` order), ``gen_inputs`` (``forms.GEN_FIELDS`` order) and
+the outputs ``gallery``, ``infotext`` and ``status``; other tabs use them to restore a recipe into
+the Merge tab (``apply_recipe``) or to run merges with the user's current settings.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Any, Callable
+
+from ..hosts.base import GenParams, Host
+from ..merge.recipe import Recipe
+from . import forms
+
+
+class UIContext:
+    def __init__(self, host: Host, *, gen_defaults: GenParams | None = None, device: str = "cpu",
+                 output_dir: str | os.PathLike | None = None, demo: bool = False,
+                 gen_defaults_fn: Callable[[], GenParams] | None = None):
+        self.host = host
+        self.device = device
+        self.output_dir = Path(output_dir) if output_dir else None
+        self.demo = demo  # the standalone app offers the built-in demo models
+        self._gen_defaults = gen_defaults or GenParams()
+        self._gen_defaults_fn = gen_defaults_fn
+        self.components: dict[str, Any] = {}
+        self.stop = threading.Event()
+        self.lock = threading.Lock()  # one merge or generation at a time: they share the live model
+        self.merge_inputs: list = []
+        self.gen_inputs: list = []
+        self.gallery = None
+        self.infotext = None
+        self.status = None
+        self.last_result = None  # api.MergeResult of the live merge
+        self.last_recipe: Recipe | None = None  # as merged (with the seed actually drawn)
+
+    # -- registering -------------------------------------------------------------------------
+    def register(self, name: str, component):
+        """Put ``component`` in the registry under ``name`` ("<tab>.<name>") and return it."""
+        if name in self.components:
+            raise ValueError(f"UI component name {name!r} registered twice")
+        self.components[name] = component
+        return component
+
+    @property
+    def gen_defaults(self) -> GenParams:
+        """The generation defaults: the WebUI's txt2img values inside the WebUI, else GenParams()."""
+        if self._gen_defaults_fn is not None:
+            try:
+                return self._gen_defaults_fn()
+            except Exception:  # noqa: BLE001 - the WebUI's UI is not built yet: plain defaults
+                return self._gen_defaults
+        return self._gen_defaults
+
+    # -- model names <-> files -----------------------------------------------------------------
+    def model_path(self, name: str) -> str:
+        """A picker's checkpoint name as a file path (the host's; an existing path stays as it is)."""
+        if os.path.isabs(name) and os.path.isfile(name):
+            return name
+        return self.host.checkpoint_path(name)
+
+    def model_name(self, path: str) -> str:
+        """The picker's name of a checkpoint file (the recipe's path when the host lists it), else the
+        file name as recorded."""
+        names = self.host.list_checkpoints()
+        if path in names:
+            return path
+        target = os.path.normcase(os.path.abspath(path))
+        for name in names:
+            try:
+                if os.path.normcase(os.path.abspath(self.host.checkpoint_path(name))) == target:
+                    return name
+            except Exception:  # noqa: BLE001 - a listed model that vanished
+                continue
+        base = Path(path).name
+        for name in names:
+            if Path(name.split(" [")[0]).name in (base, Path(base).stem):
+                return name
+        return path
+
+    # -- Merge tab values ------------------------------------------------------------------------
+    def merge_values(self, values) -> dict[str, Any]:
+        return dict(zip(forms.MERGE_FIELDS, values))
+
+    def recipe_from_ui(self, *values) -> Recipe:
+        """The Recipe for the Merge tab's values (``merge_inputs`` order)."""
+        return forms.recipe_from_values(self.merge_values(values), self.model_path, self.device)
+
+    def params_from_ui(self, *values) -> GenParams:
+        return forms.gen_params_from_values(dict(zip(forms.GEN_FIELDS, values)), self.gen_defaults)
+
+    def apply_recipe(self, recipe: Recipe) -> list:
+        """Updates that fill the Merge tab from ``recipe``, in ``merge_inputs`` order."""
+        from .compat import update
+
+        values = forms.values_from_recipe(recipe, self.model_name)
+        return [update(value=values[name]) if name in values else update() for name in forms.MERGE_FIELDS]
+
+    def message(self, exc: BaseException) -> str:
+        return forms.message(exc)
