@@ -87,10 +87,18 @@ class Host(ABC):
     def merge_and_load(self, recipe, *, models: Mapping | None = None, name: str | None = None, **merge_kwargs):
         """Merge per ``recipe`` and make the result the live model. Hosts that can merge straight into
         their live parameters override this; the default merges in memory and loads the result."""
+        import inspect
+
         from ..api import merge
+        from .mergeinfo import merge_fields
 
         result = merge(recipe, models=models, **merge_kwargs)
-        self.load_state_dict(result.state_dict, name or result.name, recipe=recipe)
+        name = name or result.name
+        extra = {}
+        if "infotext" in inspect.signature(self.load_state_dict).parameters:
+            # images of the merge name its history ID and recipe, as the standalone host's do
+            extra["infotext"] = merge_fields(name, result, result.plan.recipe)
+        self.load_state_dict(result.state_dict, name, recipe=recipe, **extra)
         result.state_dict = None  # the merged copy is not kept
         return result
 
