@@ -17,6 +17,8 @@ from .context import UIContext
 # (title, module in supermerger.ui), in the order the tabs appear
 TABS: list[tuple[str, str]] = [
     ("Merge", "merge_tab"),
+    ("Metadata", "metadata_tab"),
+    ("Elements", "elements_tab"),
 ]
 
 ROOT = Path(__file__).resolve().parents[3]  # the repository (extension) folder
