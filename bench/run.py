@@ -172,8 +172,10 @@ def interactive_case(args, results: dict) -> None:
     a, b = checkpoint("sd1", "A"), checkpoint("sd1", "B")
     say(f"\n== interactive: SD1.5 in RAM, {args.merges} re-merges into a live state dict, load {load_average()}")
     t = time.perf_counter()
+    home = Path(tempfile.mkdtemp(prefix="smhome-"))  # each re-merge is recorded, as in the UI, but not in yours
     p = subprocess.run([PY, str(HERE / "interactive.py"), str(a), str(b), "--merges", str(args.merges)],
-                       capture_output=True, text=True)
+                       capture_output=True, text=True, env=dict(os.environ, SUPERMERGER_HOME=str(home)))
+    shutil.rmtree(home, ignore_errors=True)
     if p.returncode != 0:
         say(p.stdout + p.stderr)
         results["interactive"] = {"error": p.stderr[-2000:]}
