@@ -30,10 +30,14 @@ class Restored:
     recipe: Recipe
     record: Record
     found: dict[str, tuple[str, str]] = field(default_factory=dict)  # label -> (path, how it was found)
+    missing: list[str] = field(default_factory=list)  # with allow_missing: the models not found, described
+    message: str = ""  # with allow_missing: why they are missing and where we looked ("" when none is)
 
 
 def restore_record(record: Record, models_dirs: Iterable[str | os.PathLike] = (),
-                   given: Mapping[str, str] | None = None) -> Restored:
+                   given: Mapping[str, str] | None = None, allow_missing: bool = False) -> Restored:
+    """``allow_missing``: a model found nowhere leaves its field empty (None) and is named in
+    ``missing`` / ``message`` instead of raising (the UI restores everything else)."""
     recipe = record.recipe()
     given = {k: v for k, v in (given or {}).items() if v}
     folders = [Path(d) for d in models_dirs]
@@ -57,16 +61,19 @@ def restore_record(record: Record, models_dirs: Iterable[str | os.PathLike] = ()
         hit = finder.find(ref)
         if hit is None:
             missing.append(f"model {label} ({ref.describe()})" if label != "VAE" else f"the VAE ({ref.describe()})")
+            changes[fld] = None
             continue
         changes[fld] = str(hit[0])
         found[label] = (str(hit[0]), hit[1])
+    message = ""
     if missing:
         looked = [str(p) for p in folders + beside] or ["no folder: none was given and the record has no paths"]
-        raise ModelFileError(
-            f"History record {record.id} cannot be restored: {_join(missing)} not found (looked by hash, then by "
-            f"name, in: {', '.join(looked)}).",
-            "Pass the folder that holds it with --models-dir DIR, or give the file with --model-a/-b/-c.")
-    return Restored(recipe.replace(output=None, **changes), record, found)
+        message = (f"{_join(missing)} not found (looked by hash, then by name, in: {', '.join(looked)}).")
+        if not allow_missing:
+            raise ModelFileError(f"History record {record.id} cannot be restored: {message}",
+                                 "Pass the folder that holds it with --models-dir DIR, or give the file with "
+                                 "--model-a/-b/-c.")
+    return Restored(recipe.replace(output=None, **changes), record, found, missing, message)
 
 
 class _Finder:
