@@ -89,3 +89,36 @@ def delete(name: str, path: str | os.PathLike | None = None) -> None:
             atomic_write_text(target, json.dumps(presets, indent=2, ensure_ascii=False))
     except LockTimeout as e:
         raise XYZError(f"The XYZ presets file is busy: {e}.") from None
+
+
+# -- sample.txt ---------------------------------------------------------------------------------------------
+def parse_samples(text: str) -> dict[str, tuple[str, str]]:
+    """The samples of a ``sample.txt``: {name: (axis type, values)}. A sample starts with a line
+    ``### NAME: TYPE``; ``#`` lines describe it; the values follow a ``---`` line, exactly as typed
+    (blank lines count, trailing ones excepted)."""
+    samples: dict[str, tuple[str, str]] = {}
+    current: tuple[str, str] | None = None
+    lines: list[str] | None = None
+
+    def close():
+        if current is not None:
+            if lines is None:
+                raise XYZError(f"sample {current[0]!r} has no '---' line before its values.")
+            samples[current[0]] = (current[1], "\n".join(lines).rstrip())
+
+    for raw in text.splitlines():
+        if raw.startswith("### "):
+            close()
+            name, sep, type_ = raw[4:].partition(":")
+            if not sep:
+                raise XYZError(f"sample header {raw!r}: expected '### NAME: TYPE'.")
+            current, lines = (name.strip(), axis_type(type_.strip(), name.strip()).id), None
+        elif current is not None and lines is None:
+            if raw.strip() == "---":
+                lines = []
+            elif raw.strip() and not raw.startswith("#"):
+                raise XYZError(f"sample {current[0]!r}: description lines start with '#', then '---' before values.")
+        elif lines is not None:
+            lines.append(raw)
+    close()
+    return samples
