@@ -41,7 +41,7 @@ def text_to_sliders(text: str, arch_id: str, presets: Mapping[str, str], current
         if item.upper() in RANDOM_TOKENS:
             out[name] = 0.0
         elif is_number(item):
-            out[name] = float(item)
+            out[name] = round(float(item), 6)
         else:
             raise RecipeError(f"Weights, value {pos} ({name}) is {item!r}, not a number.")
     return [out[b] for b in SLIDER_BLOCKS]

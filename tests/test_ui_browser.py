@@ -1,0 +1,128 @@
+"""The standalone UI in a real headless browser (Debian chromium driven by Playwright).
+
+One session on the built-in demo models: pick them, set block weights from a preset, type an
+elemental entry and read the live check, press Merge & Gen and see an image and the merge ID (the
+ID is then checked against the merge history); type a malformed entry and see the error.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shutil
+import socket
+import time
+
+import pytest
+
+CANDIDATES = ("/usr/bin/chromium", "chromium", "chromium-browser", "google-chrome")
+
+
+def _chromium() -> str | None:
+    for name in CANDIDATES:
+        path = name if os.path.isabs(name) else shutil.which(name)
+        if path and os.path.exists(path):
+            return path
+    return None
+
+
+def _skip_reason() -> str | None:
+    for module in ("gradio", "playwright", "diffusers"):
+        if importlib.util.find_spec(module) is None:
+            return f"{module} is not installed (pip install -e '.[test,standalone]')"
+    if _chromium() is None:
+        return ("no chromium found (looked for " + ", ".join(CANDIDATES) + "); .ci/run installs Debian's "
+                "'chromium' when run as root with apt")
+    return None
+
+
+pytestmark = pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
+
+# GRAD_V from the master presets, as the "Set alpha" button writes it (6 decimals at most)
+GRAD_V = ("0,1,0.916667,0.833333,0.75,0.666667,0.583333,0.5,0.416667,0.333333,0.25,0.166667,0.083333,0,"
+          "0.083333,0.166667,0.25,0.333333,0.416667,0.5,0.583333,0.666667,0.75,0.833333,0.916667,1")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def app_url():
+    from supermerger.ui.app import create_app, launch
+    from supermerger.ui.standalone import make_context
+
+    ctx = make_context()  # no models folder: the demo models, in this test's data folder
+    app = create_app(ctx)
+    port = _free_port()
+    launch(app, port=port, block=False)
+    try:
+        yield f"http://127.0.0.1:{port}/", ctx
+    finally:
+        app.close()
+
+
+def _pick(page, elem_id: str, option: str) -> None:
+    page.locator(f"#{elem_id} input").click()
+    page.locator(f'#{elem_id} [role=option][aria-label="{option}"]').click()
+
+
+def test_merge_and_gen_in_the_browser(app_url):
+    from playwright.sync_api import expect, sync_playwright
+
+    from supermerger import history
+
+    url, ctx = app_url
+    t0 = time.perf_counter()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(url)
+            page.wait_for_selector("#supermerger_merge_gen")
+
+            _pick(page, "supermerger_model_a", "demoA.safetensors")
+            _pick(page, "supermerger_model_b", "demoB.safetensors")
+
+            page.get_by_text("Block weights (MBW)", exact=True).click()
+            page.locator("#supermerger_use_mbw input").check()
+            _pick(page, "supermerger_mbw_preset", "GRAD_V")
+            expect(page.locator("#supermerger_mbw_slider_IN00 input[type=number]")).to_have_value("1")
+            page.locator("#supermerger_mbw_set_alpha").click()
+            expect(page.locator("#supermerger_mbw_alpha textarea")).to_have_value(GRAD_V)
+
+            page.get_by_text("Elemental merge", exact=True).click()
+            elemental = page.locator("#supermerger_elemental textarea")
+            check = page.locator("#supermerger_elemental_check textarea")
+            elemental.fill("OUT03:attn2:0.2")
+            # SD1 OUT03 has one transformer block: attn2's to_q, to_k, to_v, to_out.0 weight and bias
+            expect(check).to_have_value(re.compile(r"#1 'OUT03:attn2:0\.2': 1 block, matches 5 keys, decides 5"),
+                                        timeout=30_000)
+
+            page.locator("#supermerger_merge_gen").click()
+            expect(page.locator("#supermerger_gallery img").first).to_be_visible(timeout=90_000)
+            status = page.locator("#supermerger_status textarea")
+            expect(status).to_have_value(re.compile(r"· ID \d+"), timeout=10_000)
+            merge_id = int(re.search(r"· ID (\d+)", status.input_value()).group(1))
+            info = page.locator("#supermerger_infotext textarea").input_value()
+            assert f" ID {merge_id}," in info and "Size: 128x128" in info
+
+            # the ID shown is the history record of this merge, with the recipe the page built
+            record = history.get(merge_id).recipe()
+            assert record.mbw_alpha == GRAD_V
+            assert record.elemental == "OUT03:attn2:0.2"
+            assert record.model_a.endswith("demoA.safetensors")
+
+            elemental.fill("OUT03:attn2")
+            expect(check).to_have_value(re.compile(r"^Error: Elemental entry 1 \('OUT03:attn2', line 1\) has 1 ':'"),
+                                        timeout=30_000)
+            elemental.fill("OUT03 IN99:attn2:0.5")
+            expect(check).to_have_value(re.compile(r"^Error: Unknown block ID 'IN99' in elemental entry 1"),
+                                        timeout=30_000)
+            assert "Traceback" not in page.content()
+        finally:
+            browser.close()
+    assert time.perf_counter() - t0 < 120
