@@ -134,3 +134,33 @@ def write_csv(infos: list[LoraInfo], path: str | os.PathLike) -> None:
         w.writerow([i.name, i.dim if i.dim is not None else "", i.type, i.version,
                     i.conv_dim if i.conv_dim is not None else "", i.path])
     atomic_write_text(path, buf.getvalue())
+
+
+# -- the LoRA tab's list filters -------------------------------------------------------------------
+TYPE_GROUPS = ("LoRA", "LoCon", "Others")
+
+
+def type_group(info: LoraInfo) -> str:
+    """The tab's type filter: LoRA, LoCon, or Others (LoHa, LoKr, full, unreadable)."""
+    return info.type if info.type in ("LoRA", "LoCon") else "Others"
+
+
+def dim_label(info: LoraInfo) -> str:
+    """``"SD1 32"``: a family and a dim, the unit of the tab's dim filter (``?``: no known dim)."""
+    return f"{info.version} {info.dim if info.dim is not None else '?'}"
+
+
+def dim_choices(infos: list[LoraInfo]) -> list[str]:
+    """Every family-and-dim label of ``infos``, by family (SD1, SD2, SDXL, Flux, unknown) then dim."""
+    order = {v: i for i, v in enumerate(list(VERSION_LABELS.values()) + ["Flux", "unknown"])}
+
+    def key(info: LoraInfo):
+        return order.get(info.version, len(order)), info.version, info.dim is None, info.dim or 0
+
+    return list(dict.fromkeys(dim_label(i) for i in sorted(infos, key=key)))
+
+
+def filter_infos(infos: list[LoraInfo], types=None, dims=None) -> list[LoraInfo]:
+    """The LoRAs of the chosen type groups and family-and-dim labels (an empty choice: all)."""
+    types, dims = set(types or ()), set(dims or ())
+    return [i for i in infos if (not types or type_group(i) in types) and (not dims or dim_label(i) in dims)]
