@@ -6,6 +6,8 @@
     supermerger history list | search WORDS | show ID
     supermerger gen --model-a A.safetensors --model-b B.safetensors --alpha 0.3 --prompt "a cat" --seed 1
     supermerger demo
+    supermerger xyz --x "alpha:0.25,0.5,0.75" --y "seed:1,2" --prompt "a cat" --out grid.png
+    supermerger queue add | list | run | rm
     supermerger lora to-checkpoint | merge | make | extract | dims | presets ...
     supermerger presets | blocks | calcmodes
 
@@ -140,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_history_parser(sub)
     _add_gen_parsers(sub)
     _add_ui_parser(sub)
+    _add_xyz_parsers(sub)
     return parser
 
 
@@ -456,6 +459,25 @@ def _add_ui_parser(sub) -> None:
     add_parser(sub)
 
 
+def _add_xyz_parsers(sub) -> None:
+    """`supermerger xyz` and `supermerger queue`: their options live in supermerger.xyplot.cli."""
+    from .xyplot.cli import add_parsers
+
+    add_parsers(sub)
+
+
+def cmd_xyz(args) -> int:
+    from .xyplot.cli import cmd_xyz as run
+
+    return run(args)
+
+
+def cmd_queue(args) -> int:
+    from .xyplot.cli import cmd_queue as run
+
+    return run(args)
+
+
 def cmd_ui(args) -> int:
     from .ui.standalone import run
 
@@ -504,7 +526,7 @@ def _main(argv: list[str] | None) -> int:
         return 0
     handler = {"merge": cmd_merge, "presets": cmd_presets, "blocks": cmd_blocks, "calcmodes": cmd_calcmodes,
                "history": cmd_history, "lora": cmd_lora, "gen": cmd_gen, "demo": cmd_demo,
-               "ui": cmd_ui}[args.command]
+               "ui": cmd_ui, "xyz": cmd_xyz, "queue": cmd_queue}[args.command]
     try:
         return handler(args)
     except SuperMergerError as e:

@@ -81,10 +81,11 @@ def run(host, plot: XYZPlot | PlotPlan, recipe: Recipe | None = None, params=Non
         stop: threading.Event | None = None, outdir: str | os.PathLike | None = None,
         on_cell: Callable[[int, int, CellResult], None] | None = None, history: bool = True,
         models_dirs: Sequence[str | os.PathLike] = (), presets: Mapping[str, str] | None = None,
-        grid_name: str = "xyz_grid") -> PlotResult:
+        grid_name: str = "xyz_grid", save_grids: bool = True) -> PlotResult:
     """Run ``plot`` (or an already made plan) on ``host``; returns the grids and every cell.
 
-    ``outdir``: where grids (and saved models, checker GIF/CSV) are written; None writes nothing.
+    ``outdir``: where grids (and saved models, checker GIF/CSV) are written; None writes nothing;
+    ``save_grids=False``: the grids are returned but not written (the caller saves them).
     ``on_cell(i, n, cell_result)`` is called after each cell (progress)."""
     if isinstance(plot, PlotPlan):
         p = plot
@@ -108,7 +109,7 @@ def run(host, plot: XYZPlot | PlotPlan, recipe: Recipe | None = None, params=Non
             result.cells.append(_run_cell(host, p, cell, result, history, outdir))
             if on_cell is not None:
                 on_cell(i, len(p.cells), result.cells[-1])
-    build_outputs(result, outdir, grid_name)
+    build_outputs(result, outdir, grid_name, save_grids)
     result.seconds = time.perf_counter() - t_start
     return result
 
@@ -189,7 +190,7 @@ def describe_merge(p: PlotPlan) -> str:
     return "\n".join(lines)
 
 
-def build_outputs(result: PlotResult, outdir=None, grid_name: str = "xyz_grid") -> None:
+def build_outputs(result: PlotResult, outdir=None, grid_name: str = "xyz_grid", save_grids: bool = True) -> None:
     """Grids (or single images, or checker grids) from the cells made so far; written to ``outdir``."""
     p = result.plan
     cols, rows, depth = p.shape()
@@ -221,7 +222,7 @@ def build_outputs(result: PlotResult, outdir=None, grid_name: str = "xyz_grid") 
         grid, layout = draw_grid(images, col_labels, row_labels, z_corner)
         result.grids.append(grid)
         result.layouts.append(layout)
-    if folder is not None:
+    if folder is not None and save_grids:
         _write(result, folder, grid_name)
 
 
