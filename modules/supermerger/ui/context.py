@@ -22,13 +22,15 @@ from . import forms
 class UIContext:
     def __init__(self, host: Host, *, gen_defaults: GenParams | None = None, device: str = "cpu",
                  output_dir: str | os.PathLike | None = None, demo: bool = False,
-                 gen_defaults_fn: Callable[[], GenParams] | None = None):
+                 gen_defaults_fn: Callable[[], GenParams] | None = None,
+                 samplers_fn: Callable[[], list[str]] | None = None):
         self.host = host
         self.device = device
         self.output_dir = Path(output_dir) if output_dir else None
         self.demo = demo  # the standalone app offers the built-in demo models
         self._gen_defaults = gen_defaults or GenParams()
         self._gen_defaults_fn = gen_defaults_fn
+        self._samplers_fn = samplers_fn
         self.components: dict[str, Any] = {}
         self.stop = threading.Event()
         self.lock = threading.Lock()  # one merge or generation at a time: they share the live model
@@ -57,6 +59,13 @@ class UIContext:
             except Exception:  # noqa: BLE001 - the WebUI's UI is not built yet: plain defaults
                 return self._gen_defaults
         return self._gen_defaults
+
+    def samplers(self) -> list[str]:
+        """Sampler names for the Gen section (the host's, or those ``samplers_fn`` gives)."""
+        try:
+            return list(self._samplers_fn() if self._samplers_fn is not None else self.host.samplers())
+        except Exception:  # noqa: BLE001 - no list: the section offers the default sampler only
+            return []
 
     # -- model names <-> files -----------------------------------------------------------------
     def model_path(self, name: str) -> str:

@@ -274,10 +274,7 @@ def _vaes(ctx: UIContext) -> list[str]:
 
 
 def _samplers(ctx: UIContext) -> list[str]:
-    try:
-        return ctx.host.samplers()
-    except Exception:  # noqa: BLE001
-        return []
+    return ctx.samplers()
 
 
 def _schedulers() -> list[str]:

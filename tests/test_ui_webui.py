@@ -1,0 +1,154 @@
+"""The extension tab inside the WebUI, built against the same WebUI test double as the host tests:
+``scripts/supermerger.py`` loaded the way the WebUI loads it registers the tab once, the tab is built
+on the WebUI host with txt2img's defaults, and a merge from the tab reaches the live model with its
+history ID in the images' infotext."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+pytest.importorskip("gradio")
+
+from test_hosts_webui import build_webui, weights  # noqa: E402  (the WebUI test double)
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "supermerger.py"
+
+
+@pytest.fixture
+def webui(monkeypatch, tmp_path):
+    """The double with real files for A and B, plus the modules the tab uses: script_callbacks,
+    sd_samplers, paths, and a ui-config.json with the user's txt2img defaults."""
+
+    def install(forge: bool = False):
+        files = {}
+        for name, value in (("A", 1.0), ("B", 3.0)):
+            path = tmp_path / f"{name}.safetensors"
+            save_file(weights(value), str(path))
+            files[str(path)] = weights(value)
+        mods, log = build_webui(files, forge)
+        callbacks = []
+        mods["script_callbacks"] = types.ModuleType("modules.script_callbacks")
+        mods["script_callbacks"].on_ui_tabs = callbacks.append
+        mods["sd_samplers"] = types.ModuleType("modules.sd_samplers")
+        mods["sd_samplers"].samplers = [types.SimpleNamespace(name=n) for n in ("DPM++ 2M", "Euler a", "UniPC")]
+        mods["paths"] = types.ModuleType("modules.paths")
+        mods["paths"].models_path = str(tmp_path / "models")
+        config = tmp_path / "ui-config.json"
+        config.write_text(json.dumps({"txt2img/Sampling steps/value": 33, "txt2img/Width/value": 640,
+                                      "txt2img/Sampling method/value": "UniPC", "txt2img/CFG Scale/value": 4.5,
+                                      "txt2img/Prompt/value": "a castle"}))
+        mods["shared"].cmd_opts.ui_config_file = str(config)
+        mods["shared"].cmd_opts.ckpt_dir = None
+        mods["shared"].opts.data["CLIP_stop_at_last_layers"] = 2
+        if forge:
+            mods["sd_models"].forge_model_reload = lambda: None
+        package = types.ModuleType("modules")
+        package.__path__ = []
+        monkeypatch.setitem(sys.modules, "modules", package)
+        for name, mod in mods.items():
+            setattr(package, name, mod)
+            monkeypatch.setitem(sys.modules, "modules." + name, mod)
+        monkeypatch.setattr(sys, "path", list(sys.path))
+        return mods, log, callbacks
+    return install
+
+
+def load_script(name: str):
+    """Import scripts/supermerger.py as the WebUI's script loader does (module name with '.py', not in
+    sys.modules) or as another extension would ('scripts.supermerger')."""
+    spec = importlib.util.spec_from_file_location(name, SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_script_registers_the_tab_once_and_puts_modules_on_the_path(webui):
+    mods, _, callbacks = webui()
+    load_script("supermerger.py")
+    assert len(callbacks) == 1
+    assert str(SCRIPT.parents[1] / "modules") in sys.path
+    load_script("scripts.supermerger")  # imported again under the shared scripts. name: no second tab
+    assert len(callbacks) == 1
+    # the WebUI's own `modules` package is untouched: ours is importable only as `supermerger`
+    assert sys.modules["modules"].script_callbacks is mods["script_callbacks"]
+
+
+def _tab(webui, forge=False):
+    import gradio as gr
+
+    mods, log, callbacks = webui(forge)
+    load_script("supermerger.py")
+    tabs = callbacks[0]()
+    assert len(tabs) == 1
+    blocks, title, elem_id = tabs[0]
+    assert isinstance(blocks, gr.Blocks) and (title, elem_id) == ("SuperMerger", "supermerger")
+    return mods, log, callbacks[0].context
+
+
+def test_tab_is_built_on_the_webui_host_with_txt2img_defaults(webui, tmp_path):
+    from supermerger.hosts.webui import WebUIHost
+    from supermerger.ui import forms
+
+    mods, _, ctx = _tab(webui)
+    assert type(ctx.host) is WebUIHost
+    titles = ctx.host.list_checkpoints()
+    assert ctx.components["merge.model_a"].choices == [(t, t) for t in titles]
+    gen = {name: ctx.components[f"merge.gen.{name}"].value for name in forms.GEN_FIELDS}
+    assert (gen["steps"], gen["width"], gen["sampler"], gen["cfg_scale"], gen["prompt"]) == \
+        (33, 640, "UniPC", 4.5, "a castle")
+    assert gen["height"] == 512  # not in ui-config: txt2img's default
+    assert [c[0] for c in ctx.components["merge.gen.sampler"].choices] == ["DPM++ 2M", "Euler a", "UniPC"]
+    params = ctx.params_from_ui(*[gen[n] for n in forms.GEN_FIELDS])
+    assert (params.steps, params.width, params.clip_skip, params.sampler) == (33, 640, 2, "UniPC")
+    assert ctx.output_dir == tmp_path / "models" / "Stable-diffusion"
+    # every tab of TABS is there, and the merge inputs are bound in the contract's order
+    assert len(ctx.merge_inputs) == len(forms.MERGE_FIELDS) and len(ctx.gen_inputs) == len(forms.GEN_FIELDS)
+    assert ctx.components["metadata.model"].choices == ctx.components["merge.model_a"].choices
+    assert "elements.table" in ctx.components
+
+
+def test_tab_in_forge_uses_the_forge_host(webui):
+    from supermerger.hosts.forge import ForgeHost
+
+    _, _, ctx = _tab(webui, forge=True)
+    assert type(ctx.host) is ForgeHost
+
+
+def test_merge_from_the_tab_reaches_the_live_model_with_its_id(webui):
+    from supermerger import history
+    from supermerger.ui import forms
+    from supermerger.ui.merge_tab import merge_now, status_text
+
+    mods, log, ctx = _tab(webui)
+    sd_models = mods["sd_models"]
+    a_title, b_title = ctx.host.list_checkpoints()[:2]
+    live = sd_models.load_model(sd_models.checkpoint_aliases[a_title])
+    values = dict(forms.MERGE_FIELDS, model_a=a_title, model_b=b_title, alpha=0.25)
+    lines = merge_now(ctx, [values[k] for k in forms.MERGE_FIELDS])
+    assert lines[0].startswith("Merged in")
+    hid = ctx.last_result.history_id
+    assert hid is not None and status_text(ctx).endswith(f"· ID {hid}")
+    # in place, under the merge's own registered checkpoint info; the double's tensors are named "w"
+    # (no weight/bias in the name), which the merge rule keeps from model A (all ones)
+    assert sd_models.model_data.sd_model is live
+    info = live.sd_checkpoint_info
+    assert info.name_for_extra == ctx.host.model_name == ctx.last_result.name
+    assert info.title in sd_models.checkpoints_list and info.filename == ctx.model_path(a_title)
+    out = ctx.host.generate(ctx.params_from_ui(*[ctx.components[f"merge.gen.{n}"].value for n in forms.GEN_FIELDS]))
+    assert out.images[0] == (3.0, 4.0, 2.0)  # te 3×1, unet 4×1, vae 2×1
+    assert f"Model: {ctx.last_result.name} ID {hid}" in out.infotexts[0]
+    assert "SuperMerger recipe: " in out.infotexts[0]
+    assert history.get(hid).recipe().alpha == 0.25
+    # a recipe restored into the tab gives the pickers' names back, not paths
+    updates = ctx.apply_recipe(history.get(hid).recipe())
+    restored = dict(zip(forms.MERGE_FIELDS, updates))
+    assert restored["model_a"]["value"] == a_title and restored["alpha"]["value"] == 0.25
+    _ = torch  # the double's tensors
