@@ -64,6 +64,11 @@ class Host(ABC):
     def list_loras(self) -> list[str]:
         return []
 
+    def lora_dirs(self) -> list[str]:
+        """The folders ``list_loras`` lists (its names are relative to them): where LoRA names are
+        looked up and where the LoRA tab writes new LoRAs (the first)."""
+        return []
+
     def samplers(self) -> list[str]:
         return []
 

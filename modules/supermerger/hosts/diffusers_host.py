@@ -149,6 +149,9 @@ class DiffusersHost(Host):
     def list_loras(self) -> list[str]:
         return self._scan(self.lora_dir)
 
+    def lora_dirs(self) -> list[str]:
+        return [str(self.lora_dir)] if self.lora_dir is not None else []
+
     def samplers(self) -> list[str]:
         return sampler_table.available()
 

@@ -57,11 +57,16 @@ class WebUIHost(Host):
         sd_vae = _modules()[4]
         return list(sd_vae.vae_dict)
 
-    def list_loras(self) -> list[str]:
+    def lora_dirs(self) -> list[str]:
         shared = _modules()[5]
         folder = getattr(shared.cmd_opts, "lora_dir", None)
-        if not folder or not os.path.isdir(folder):
+        return [folder] if folder and os.path.isdir(folder) else []
+
+    def list_loras(self) -> list[str]:
+        folders = self.lora_dirs()
+        if not folders:
             return []
+        folder = folders[0]
         out = []
         for root, _, files in os.walk(folder):
             out += [os.path.relpath(os.path.join(root, f), folder).replace(os.sep, "/") for f in files
