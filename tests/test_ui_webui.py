@@ -152,3 +152,25 @@ def test_merge_from_the_tab_reaches_the_live_model_with_its_id(webui):
     restored = dict(zip(forms.MERGE_FIELDS, updates))
     assert restored["model_a"]["value"] == a_title and restored["alpha"]["value"] == 0.25
     _ = torch  # the double's tensors
+
+
+def test_install_hook_installs_only_what_is_missing(monkeypatch, tmp_path):
+    spec = importlib.util.spec_from_file_location("sm_install", SCRIPT.parents[1] / "install.py")
+    install = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(install)
+    calls = []
+    launch = types.ModuleType("launch")
+    launch.run_pip = lambda args, desc: calls.append(args)
+    monkeypatch.setitem(sys.modules, "launch", launch)
+    monkeypatch.chdir(tmp_path)
+    present = {"numpy", "tqdm", "safetensors", "diffusers"}
+    monkeypatch.setattr(install, "installed", lambda dist, module: dist in present)
+    install.main()
+    assert calls == ['install "Pillow"']  # an A1111 WebUI: diffusers is not needed there
+    (tmp_path / "modules_forge").mkdir()
+    present.discard("diffusers")
+    calls.clear()
+    install.main()
+    assert calls == ['install "Pillow"', 'install "diffusers==0.31.0"']  # Forge's own pin
+    assert not any("torch" in c for c in calls)
+    assert install.installed("pytest", "pytest") and not install.installed("no-such-dist-x", "no_such_mod_x")
