@@ -158,6 +158,8 @@ def test_install_hook_installs_only_what_is_missing(monkeypatch, tmp_path):
     spec = importlib.util.spec_from_file_location("sm_install", SCRIPT.parents[1] / "install.py")
     install = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(install)
+    real_check = install.installed
+    assert real_check("pytest", "pytest") and not real_check("no-such-dist-x", "no_such_mod_x")
     calls = []
     launch = types.ModuleType("launch")
     launch.run_pip = lambda args, desc: calls.append(args)
@@ -173,4 +175,3 @@ def test_install_hook_installs_only_what_is_missing(monkeypatch, tmp_path):
     install.main()
     assert calls == ['install "Pillow"', 'install "diffusers==0.31.0"']  # Forge's own pin
     assert not any("torch" in c for c in calls)
-    assert install.installed("pytest", "pytest") and not install.installed("no-such-dist-x", "no_such_mod_x")
