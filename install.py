@@ -31,7 +31,8 @@ def is_forge(root: str) -> bool:
     return os.path.isdir(os.path.join(root, "modules_forge")) or os.path.isdir(os.path.join(root, "backend"))
 
 
-def missing(root: str = ".", check=installed) -> list:
+def missing(root: str = ".", check=None) -> list:
+    check = check or installed
     wanted = REQUIREMENTS + (FORGE_REQUIREMENTS if is_forge(root) else [])
     return [req for dist, module, req in wanted if not check(dist, module)]
 
