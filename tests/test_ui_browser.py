@@ -88,7 +88,10 @@ def test_merge_and_gen_in_the_browser(app_url):
             _pick(page, "supermerger_model_b", "demoB.safetensors")
 
             page.get_by_text("Block weights (MBW)", exact=True).click()
+            alpha = page.locator("#supermerger_alpha input[type=number]")
+            expect(alpha).to_be_enabled()
             page.locator("#supermerger_use_mbw input").check()
+            expect(alpha).to_be_disabled()  # the weight lists replace alpha
             _pick(page, "supermerger_mbw_preset", "GRAD_V")
             expect(page.locator("#supermerger_mbw_slider_IN00 input[type=number]")).to_have_value("1")
             page.locator("#supermerger_mbw_set_alpha").click()
@@ -115,6 +118,10 @@ def test_merge_and_gen_in_the_browser(app_url):
             assert record.mbw_alpha == GRAD_V
             assert record.elemental == "OUT03:attn2:0.2"
             assert record.model_a.endswith("demoA.safetensors")
+
+            # Ctrl+Enter inside the tab (javascript/supermerger.js) is Merge & Gen: the next merge ID
+            page.locator("#supermerger_prompt textarea").press("Control+Enter")
+            expect(status).to_have_value(re.compile(rf"· ID {merge_id + 1}\b"), timeout=60_000)
 
             elemental.fill("OUT03:attn2")
             expect(check).to_have_value(re.compile(r"^Error: Elemental entry 1 \('OUT03:attn2', line 1\) has 1 ':'"),

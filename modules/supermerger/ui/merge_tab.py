@@ -75,7 +75,7 @@ def build(ctx: UIContext) -> None:
                                                **compat.dropdown_kwargs(custom=True))
                 comps["model_c"] = gr.Dropdown(models, value=None, label="Model C", elem_id="supermerger_model_c",
                                                interactive=False, **compat.dropdown_kwargs(custom=True))
-                refresh = gr.Button("🔄", elem_id="supermerger_refresh_models", elem_classes=["sm-tool"],
+                refresh = gr.Button("↻", elem_id="supermerger_refresh_models", elem_classes=["sm-tool"],
                                     min_width=40)
             with gr.Row():
                 comps["mode"] = gr.Radio(list(forms.MODE_LABELS), value=D["mode"], label="Merge mode",
@@ -214,7 +214,9 @@ def build(ctx: UIContext) -> None:
     _wire_mbw(comps, arch_state, sliders, preset, set_a, set_b, read_a, read_b, helper_value, helper_groups,
               helper_op, helper_btn, preset_name, preset_save, preset_msg)
     _wire_actions(ctx, merge_btn, gen_btn, merge_gen_btn, stop_btn, save_current, comps)
-    # the XYZ plot section goes here, under the merge controls, once ui/xyplot_section.py exists
+    from . import xyplot_section
+
+    xyplot_section.build(ctx)  # the XYZ Plot accordion, under the merge controls
 
 
 # -- sections -------------------------------------------------------------------------------------
@@ -331,17 +333,21 @@ def _plan_safetensors(recipe):
 
 
 def _wire_sliders(comps, calc_info):
-    def on_mode(mode, calcmode):
+    """alpha / beta / gamma and model C are enabled only where the mode and calcmode use them; with MBW
+    on, the weight lists replace alpha and beta."""
+    def on_mode(mode, calcmode, use_mbw):
         try:
             use = forms.slider_use(mode, calcmode)
         except SuperMergerError:
-            return [compat.update()] * 4
-        return [compat.update(interactive=use.beta), compat.update(interactive=use.gamma),
-                compat.update(interactive=use.model_c), _calc_info(calcmode)]
+            return [compat.update()] * 5
+        return [compat.update(interactive=not use_mbw), compat.update(interactive=use.beta and not use_mbw),
+                compat.update(interactive=use.gamma), compat.update(interactive=use.model_c),
+                _calc_info(calcmode)]
 
-    outs = [comps["beta"], comps["gamma"], comps["model_c"], calc_info]
-    comps["mode"].change(on_mode, [comps["mode"], comps["calcmode"]], outs)
-    comps["calcmode"].change(on_mode, [comps["mode"], comps["calcmode"]], outs)
+    inputs = [comps["mode"], comps["calcmode"], comps["use_mbw"]]
+    outs = [comps["alpha"], comps["beta"], comps["gamma"], comps["model_c"], calc_info]
+    for name in ("mode", "calcmode", "use_mbw"):
+        comps[name].change(on_mode, inputs, outs)
 
 
 def _wire_mbw(comps, arch_state, sliders, preset, set_a, set_b, read_a, read_b, helper_value, helper_groups,
