@@ -19,6 +19,7 @@ TABS: list[tuple[str, str]] = [
     ("Merge", "merge_tab"),
     ("Metadata", "metadata_tab"),
     ("Elements", "elements_tab"),
+    ("Reservation", "reservation_tab"),
 ]
 
 ROOT = Path(__file__).resolve().parents[3]  # the repository (extension) folder

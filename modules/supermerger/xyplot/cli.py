@@ -165,7 +165,7 @@ def _grid_paths(out: Path, n: int) -> list[Path]:
 # -- commands ----------------------------------------------------------------------------------------------
 def cmd_xyz(args) -> int:
     from ..io.atomic import check_output_path
-    from .plan import plan, split_reservations
+    from .plan import arch_for, plan, split_reservations
     from .queue import ReservationQueue
     from .runner import model_resolver, run
 
@@ -177,7 +177,7 @@ def cmd_xyz(args) -> int:
         return 0
     host = _host(recipe.device, args.models_dir or [])
     resolve = model_resolver(host, args.models_dir or ())
-    first = split_reservations(plot, _arch(recipe, plot, resolve), recipe)
+    first = split_reservations(plot, arch_for(plot, recipe, resolve), recipe)
     p = plan(first[0], recipe, params, resolve_model=resolve, models_dirs=args.models_dir or ())
     if len(first) > 1:
         ReservationQueue().add(first[1], recipe, params, split=False)
@@ -228,20 +228,6 @@ def cmd_xyz(args) -> int:
     for path in result.paths:
         print(f"  {path}")
     return 0
-
-
-def _arch(recipe, plot, resolve):
-    """The architecture the plot's block names refer to: model A's, or the first of a model_A / merge ID axis."""
-    import copy
-
-    from .plan import XYZPlot, _arch_of, detect_arch, parse_axes
-
-    for pos, ax in plot.axes():
-        if ax.on and axis_type(ax.type).id in ("model_A", "merge ID"):
-            first = copy.deepcopy(ax)
-            first.values = ax.values.split("|")[0]
-            return _arch_of(parse_axes(XYZPlot(x=first), recipe, resolve_model=resolve), recipe)
-    return detect_arch(recipe)
 
 
 def cmd_queue(args) -> int:

@@ -304,6 +304,17 @@ def plan(plot: XYZPlot, recipe: Recipe, params, *, presets: Mapping[str, str] | 
     return PlotPlan(plot, recipe, base_params, axes, arch, cells)
 
 
+def arch_for(plot: XYZPlot, recipe: Recipe, resolve_model: Callable[[str], str] | None = None) -> Architecture:
+    """The architecture the plot's block names refer to: model A's, or that of the first value of a
+    model_A / merge ID axis (needed before the '|' split, to expand ALL)."""
+    for pos, ax in plot.axes():
+        if ax.on and axis_type(ax.type).id in ("model_A", "merge ID"):
+            first = copy.deepcopy(ax)
+            first.values = ax.values.split("|")[0]
+            return _arch_of(parse_axes(XYZPlot(x=first), recipe, resolve_model=resolve_model), recipe)
+    return detect_arch(recipe)
+
+
 def _arch_of(axes: list[ParsedAxis], recipe: Recipe) -> Architecture:
     for a in axes:
         if a.type.id in ("model_A", "merge ID"):
