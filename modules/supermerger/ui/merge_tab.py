@@ -79,9 +79,9 @@ def build(ctx: UIContext) -> None:
                                     min_width=40)
             with gr.Row():
                 comps["mode"] = gr.Radio(list(forms.MODE_LABELS), value=D["mode"], label="Merge mode",
-                                         elem_id="supermerger_mode")
+                                         elem_id="supermerger_mode", scale=3)
                 comps["calcmode"] = gr.Dropdown(calcmode_names(), value=D["calcmode"], label="Calculation mode",
-                                                elem_id="supermerger_calcmode")
+                                                elem_id="supermerger_calcmode", scale=1)
             calc_info = gr.Markdown(_calc_info("normal"), elem_id="supermerger_calcmode_info")
             with gr.Row():
                 comps["alpha"] = gr.Slider(-1.0, 2.0, value=D["alpha"], step=0.001, label="alpha (α)",
