@@ -22,7 +22,6 @@ from ..errors import SuperMergerError, suggest
 from ..merge import adjust as adjustmod
 from ..merge.calcmodes import calcmode_names, get_calcmode
 from ..merge.elemental import parse_elemental
-from ..merge.modes import get_mode
 from ..merge.recipe import Recipe
 from ..merge.weights import RANDOM_TOKENS, format_weights, is_number, parse_weights, weight_items, list_names
 

@@ -160,21 +160,23 @@ def parse_axes(plot: XYZPlot, recipe: Recipe, *, arch: Architecture | None = Non
         if t.id in seen and not t.repeatable:
             raise XYZError(f"The {seen[t.id].upper()} and {pos.upper()} axes are both {t.id}; choose different types.")
         seen[t.id] = pos
+    early: dict[str, list[AxisValue]] = {}  # model axes parsed first: they decide the architecture
     if arch is None:
         first = recipe
         for pos, t, text in active:
             if t.id in ("model_A", "merge ID"):
-                vals = t.parse(text, ParseContext(archmod.get("sd1"), presets, recipe, pos.upper(), resolve_model,
-                                                  models_dirs, rng))
-                if vals:
-                    v = vals[0].data
+                # model names and history IDs do not depend on the block table
+                early[pos] = t.parse(text, ParseContext(archmod.get("sd1"), presets, recipe, pos.upper(),
+                                                        resolve_model, models_dirs, rng))
+                if early[pos]:
+                    v = early[pos][0].data
                     first = v if isinstance(v, Recipe) else recipe.replace(model_a=v)
                 break
         arch = detect_arch(first)
     parsed = []
     for pos, t, text in active:
         ctx = ParseContext(arch, presets, recipe, pos.upper(), resolve_model, models_dirs, rng)
-        values = t.parse(text, ctx)
+        values = early[pos] if pos in early else t.parse(text, ctx)
         if not values:
             raise XYZError(f"{pos.upper()} axis ({t.id}): no values in {text!r}.")
         parsed.append(ParsedAxis(pos, t, values))

@@ -128,12 +128,6 @@ class ReservationQueue:
         atomic_write_text(self.path, json.dumps({"version": 1, "reservations": [e.to_dict() for e in entries]},
                                                 indent=1, ensure_ascii=False))
 
-    def _locked(self):
-        try:
-            return locked(self.lock_path)
-        except LockTimeout as e:  # pragma: no cover - raised on enter, below
-            raise XYZError(f"The reservation queue is locked: {e}.") from None
-
     def _update(self, change: Callable[[list[Reservation]], Any]) -> Any:
         try:
             with locked(self.lock_path):

@@ -11,8 +11,8 @@ Models the plot holds constant are protected in the host's model cache for the w
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import json
 import os
 import threading
 import time
@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from ..errors import SuperMergerError
 from ..merge.modes import get_mode
 from ..merge.recipe import Recipe
 from . import checker as checkermod
@@ -97,8 +96,6 @@ def run(host, plot: XYZPlot | PlotPlan, recipe: Recipe | None = None, params=Non
     result = PlotResult(p)
     t_start = time.perf_counter()
     cache = getattr(host, "cache", None)
-    import contextlib
-
     guard = cache.protect(p.constant_models()) if cache is not None and hasattr(cache, "protect") \
         else contextlib.nullcontext()
     with guard:
