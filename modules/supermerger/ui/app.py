@@ -20,6 +20,9 @@ TABS: list[tuple[str, str]] = [
     ("Metadata", "metadata_tab"),
     ("Elements", "elements_tab"),
     ("Reservation", "reservation_tab"),
+    ("History", "history_tab"),
+    ("IDs from images", "ids_tab"),
+    ("Weight Analysis", "weight_analysis_tab"),
 ]
 
 ROOT = Path(__file__).resolve().parents[3]  # the repository (extension) folder
