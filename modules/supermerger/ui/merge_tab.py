@@ -394,24 +394,7 @@ def _wire_actions(ctx: UIContext, merge_btn, gen_btn, merge_gen_btn, stop_btn, s
     outputs = [ctx.gallery, ctx.infotext, ctx.status]
 
     def run(do_merge: bool, do_gen: bool, values, progress):
-        merge_values, gen_values = values[:n_merge], values[n_merge:]
-        lines = []
-        images, info = compat.update(), compat.update()
-        try:
-            with ctx.lock:
-                if do_merge:
-                    lines += merge_now(ctx, merge_values, progress)
-                if do_gen:
-                    params = ctx.params_from_ui(*gen_values)
-                    out = ctx.host.generate(params)
-                    images = list(zip(out.images, [f"seed {s}" for s in out.seeds])) if out.seeds else out.images
-                    info = out.infotexts[0] if out.infotexts else ""
-        except SuperMergerError as e:
-            lines.append("Error: " + ctx.message(e))
-        except Exception as e:  # noqa: BLE001 - a bug: logged with its traceback, shown as one line
-            log.exception("SuperMerger action failed")
-            lines.append("Error: " + ctx.message(e))
-        return images, info, "\n".join([status_text(ctx)] + lines)
+        return run_action(ctx, do_merge, do_gen, values[:n_merge], values[n_merge:], progress)
 
     def do_merge(*values, progress=gr.Progress()):
         return run(True, False, values, progress)
@@ -438,6 +421,28 @@ def _wire_actions(ctx: UIContext, merge_btn, gen_btn, merge_gen_btn, stop_btn, s
             return status_text(ctx) + "\nError: " + ctx.message(e)
 
     save_current.click(do_save_current, ctx.merge_inputs, ctx.status)
+
+
+def run_action(ctx: UIContext, do_merge: bool, do_gen: bool, merge_values, gen_values, progress=None):
+    """Merge and/or generate; returns (gallery, infotext, status) for the Merge tab's outputs. Errors
+    become the status's last line (a SuperMergerError as its message; a bug as one line, logged)."""
+    lines = []
+    images, info = compat.update(), compat.update()
+    try:
+        with ctx.lock:
+            if do_merge:
+                lines += merge_now(ctx, merge_values, progress)
+            if do_gen:
+                params = ctx.params_from_ui(*gen_values)
+                out = ctx.host.generate(params)
+                images = list(zip(out.images, [f"seed {s}" for s in out.seeds])) if out.seeds else out.images
+                info = out.infotexts[0] if out.infotexts else ""
+    except SuperMergerError as e:
+        lines.append("Error: " + ctx.message(e))
+    except Exception as e:  # noqa: BLE001 - a bug: logged with its traceback, shown as one line
+        log.exception("SuperMerger action failed")
+        lines.append("Error: " + ctx.message(e))
+    return images, info, "\n".join([status_text(ctx)] + lines)
 
 
 def merge_now(ctx: UIContext, values, progress=None) -> list[str]:
