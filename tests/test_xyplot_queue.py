@@ -203,3 +203,10 @@ def test_sample_file_format_errors():
         xyz_presets.parse_samples("### broken\n---\n1")
     with pytest.raises(XYZError, match="unknown axis type 'alhpa'"):
         xyz_presets.parse_samples("### s: alhpa\n---\n1")
+
+
+def test_host_extras_that_are_not_json_are_left_out(models):
+    q = ReservationQueue()
+    params = PARAMS.with_(extra={"script_args": [1, "a"], "live_object": object()})
+    q.add(XYZPlot(x=Axis("alpha", "0.5")), recipe_of(models), params)
+    assert ReservationQueue().list()[0].params.extra == {"script_args": [1, "a"]}

@@ -45,7 +45,9 @@ class Reservation:
     pid: int | None = None
 
     def to_dict(self) -> dict:
-        params = {k: v for k, v in dataclasses.asdict(self.params).items()}
+        params = dataclasses.asdict(self.params)
+        # host extras (e.g. WebUI script arguments) are kept where they are plain JSON data
+        params["extra"] = {k: v for k, v in params.get("extra", {}).items() if _jsonable(v)}
         return {"id": self.id, "status": self.status, "created": self.created, "error": self.error,
                 "outputs": self.outputs, "pid": self.pid, "plot": self.plot.to_dict(),
                 "recipe": self.recipe.to_dict(), "params": params}
@@ -68,6 +70,14 @@ class Reservation:
                 p.x.type, p.x.values, p.y.type, p.y.values, p.z.type, p.z.values, name(r.model_a), name(r.model_b),
                 name(r.model_c), r.alpha, r.beta, r.mode, r.calcmode, r.mbw_alpha is not None,
                 _weights(r.mbw_alpha), _weights(r.mbw_beta)]
+
+
+def _jsonable(value) -> bool:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def _weights(w) -> str:
