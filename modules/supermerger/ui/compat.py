@@ -7,7 +7,8 @@ What differs, and is handled here:
 - ``css``/``js`` are ``gr.Blocks`` arguments up to 5.x and ``launch()`` arguments from 6.0:
   ``blocks_kwargs`` / ``launch_kwargs``;
 - ``.style()`` is gone in 4+ (never used here); Gallery sizing goes through ``gallery_kwargs``;
-- the queue's concurrency argument was renamed in 4.0 (``queue_kwargs``).
+- the queue's concurrency argument was renamed in 4.0 (``queue_kwargs``);
+- ``gr.File(type="filepath")`` exists from 4.0 only (``file_kwargs`` / ``file_path``).
 """
 
 from __future__ import annotations
@@ -77,6 +78,21 @@ def gallery_kwargs(columns: int = 4, height: int | str | None = None) -> dict[st
     if height is not None:
         out["height"] = height
     return out
+
+
+def file_kwargs() -> dict[str, Any]:
+    """``gr.File`` giving paths: ``type="filepath"`` from 4.0; 3.x has only "file" (temp-file objects,
+    whose ``.name`` is the path)."""
+    return {"type": "filepath"} if GRADIO_MAJOR >= 4 else {"type": "file"}
+
+
+def file_path(value: Any) -> str | None:
+    """The path of one ``gr.File`` value on any version (a string, a dict, or a temp-file object)."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        return value.get("path") or value.get("name")
+    return getattr(value, "name", None)
 
 
 def queue_kwargs(concurrency: int = 1) -> dict[str, Any]:

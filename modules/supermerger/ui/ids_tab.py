@@ -9,6 +9,7 @@ import zlib
 import gradio as gr
 
 from ..history.images import id_from_text, png_text_chunks
+from . import compat
 from .context import UIContext
 
 
@@ -50,7 +51,7 @@ def ids_from_files(files) -> tuple[str, str]:
 
 
 def build(ctx: UIContext) -> None:
-    files = gr.File(label="PNG images", file_count="multiple", file_types=[".png"], type="filepath",
+    files = gr.File(label="PNG images", file_count="multiple", file_types=[".png"], **compat.file_kwargs(),
                     elem_id="supermerger_ids_files")
     with gr.Row():
         ids = gr.Textbox("", label="Merge IDs", interactive=False, elem_id="supermerger_ids_out")
