@@ -23,6 +23,7 @@ TABS: list[tuple[str, str]] = [
     ("History", "history_tab"),
     ("IDs from images", "ids_tab"),
     ("Weight Analysis", "weight_analysis_tab"),
+    ("LoRA", "lora_tab"),
 ]
 
 ROOT = Path(__file__).resolve().parents[3]  # the repository (extension) folder
