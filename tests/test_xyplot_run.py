@@ -229,3 +229,26 @@ def test_checker_plot_baseline_grid_gif_and_csv(tiny, host, tmp_path):
     assert Image.open(gifs[0]).n_frames == 2
     rows = (tmp_path / "difgif" / "m1+m2" / "difference.csv").read_text().splitlines()
     assert rows == [f"OUT11:,{diffs[0].percent:.3f}", f"BASE:,{diffs[1].percent:.3f}"]
+
+
+# -- grid drawing ------------------------------------------------------------------------------------------------------
+def test_grid_layout_labels_wrapped_to_fit():
+    from PIL import Image, ImageDraw
+
+    from supermerger.xyplot.grid import _fit_columns, _text_size, draw_grid, wrap_label
+
+    assert wrap_label("0,1,0.916667,0.833333,0.75,0.666667,0.5") == "0,1,0.916667,0.833333,0.75,\n0.666667,0.5"
+    assert wrap_label("a cat\non a mat") == "a cat\non a mat"
+    weights = "mbw alpha = " + ",".join(["0.916667"] * 26)
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    fnt, texts = _fit_columns(probe, [weights, "FLAT_25"], 124, 12)
+    assert texts[1] == "FLAT_25" and texts[0].replace("\n", "") == weights
+    assert all(_text_size(probe, line, fnt)[0] <= 124 for line in texts[0].split("\n"))
+    cells = [[Image.new("RGB", (128, 96), (k, 0, 0)) for k in range(3)] for _ in range(2)]
+    cells[1][2] = None  # a cell not made (after Stop)
+    grid, layout = draw_grid(cells, [weights, "b", "c"], ["y = 1", "2"], "corner\ntext")
+    assert grid.size == (layout.left + 3 * 128, layout.top + 2 * 96)
+    assert np.array_equal(np.asarray(grid.crop(layout.box(2, 0))), np.asarray(cells[0][2]))
+    assert (np.asarray(grid.crop(layout.box(2, 1))) == 255).all()
+    grid, layout = draw_grid(cells[:1], ["a", "b", "c"], None)  # no Y axis: no row headers, no corner
+    assert layout.left == 0 and (layout.rows, layout.cols) == (1, 3)

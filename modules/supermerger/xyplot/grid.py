@@ -64,6 +64,50 @@ def _text_size(draw, text: str, fnt) -> tuple[int, int]:
     return r - l, b - t
 
 
+def _wrap_at_commas(draw, text: str, fnt, width: int) -> str | None:
+    """``text`` broken after commas so that every line fits ``width`` pixels (None if a piece cannot)."""
+    lines = []
+    for line in text.split("\n"):
+        parts = line.split(",")
+        pieces = [p + "," for p in parts[:-1]] + [parts[-1]]
+        cur = ""
+        for piece in pieces:
+            if _text_size(draw, cur + piece, fnt)[0] <= width:
+                cur += piece
+                continue
+            if _text_size(draw, piece, fnt)[0] > width:
+                return None  # one piece is wider than the cell at this size
+            if cur:
+                lines.append(cur)
+            cur = piece
+        lines.append(cur)
+    return "\n".join(lines)
+
+
+def _fit_columns(draw, texts: list[str], width: int, size: int):
+    """(font, texts): the largest font size (down to 8) at which every column header, broken after
+    commas, fits the cell width; at 8, lines still too wide are cut where they must."""
+    for s in range(size, 7, -1):
+        fnt = font(s)
+        wrapped = [_wrap_at_commas(draw, t, fnt, width) for t in texts]
+        if all(w is not None for w in wrapped):
+            return fnt, wrapped
+    fnt = font(8)
+    out = []
+    for t in texts:
+        lines = []
+        for line in t.split("\n"):
+            cur = ""
+            for ch in line:
+                if cur and _text_size(draw, cur + ch, fnt)[0] > width:
+                    lines.append(cur)
+                    cur = ""
+                cur += ch
+            lines.append(cur)
+        out.append("\n".join(lines))
+    return fnt, out
+
+
 def draw_grid(images: Sequence[Sequence[object]], col_labels: Sequence[str], row_labels: Sequence[str] | None,
               corner: str = "", font_size: int | None = None):
     """``images[row][col]`` (PIL images, or None for a cell not made, e.g. after Stop) under
@@ -77,10 +121,11 @@ def draw_grid(images: Sequence[Sequence[object]], col_labels: Sequence[str], row
     fnt = font(size)
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     pad = max(4, size // 3)
-    col_texts = [wrap_label(t) for t in col_labels]
+    col_texts = [str(t) for t in col_labels]  # broken after commas to fit the cell width (_fit_columns)
     row_texts = [wrap_label(t) for t in row_labels] if row_labels is not None else None
     corner_text = corner.strip()
-    col_h = max((_text_size(probe, t, fnt)[1] for t in col_texts), default=0)
+    col_font, col_texts = _fit_columns(probe, col_texts, w - 4, size)
+    col_h = max((_text_size(probe, t, col_font)[1] for t in col_texts), default=0)
     corner_w, corner_h = _text_size(probe, corner_text, fnt)
     row_w = max((_text_size(probe, t, fnt)[0] for t in row_texts), default=0) if row_texts else 0
     left = max(row_w, corner_w) + 2 * pad if (row_texts or corner_text) else 0
@@ -92,9 +137,9 @@ def draw_grid(images: Sequence[Sequence[object]], col_labels: Sequence[str], row
     if corner_text:
         draw.multiline_text((pad, pad), corner_text, fill=TEXT, font=fnt, spacing=2)
     for c, t in enumerate(col_texts):
-        tw, th = _text_size(probe, t, fnt)
+        tw, th = _text_size(probe, t, col_font)
         x = left + c * w + max(0, (w - tw) // 2)
-        draw.multiline_text((x, top - pad - th), t, fill=TEXT, font=fnt, spacing=2, align="center")
+        draw.multiline_text((x, top - pad - th), t, fill=TEXT, font=col_font, spacing=2, align="center")
     for r, t in enumerate(row_texts or ()):
         tw, th = _text_size(probe, t, fnt)
         y = top + r * h + max(0, (h - th) // 2)
