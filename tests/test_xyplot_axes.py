@@ -220,6 +220,9 @@ def test_models_resolved_and_missing(models, tmp_path):
     assert [c.recipe.model_b for c in cs] == [str(b), str(models[("sd1", "C")])]
     from supermerger.xyplot import model_resolver
 
+    plot = XYZPlot(x=Axis("model_C", f"{a}"), y=Axis("alpha", "1"))
+    cs = plan(plot, r.replace(mode="add_difference"), PARAMS).cells
+    assert cs[0].recipe.model_c == str(a) and plan(plot, r, PARAMS).constant_models() == [str(a), str(b)]
     plot = XYZPlot(x=Axis("model_B", "sd1_B,nothere"))
     with pytest.raises(XYZError, match=r"X axis \(model_B\), item 2 \('nothere'\).*not found"):
         plan(plot, r, PARAMS, resolve_model=model_resolver(models_dirs=[str(b.parent)]))
@@ -244,6 +247,8 @@ def test_random_and_merge_id(models, tmp_path):
     assert [(c.recipe.alpha, c.recipe.calcmode, c.recipe.model_a) for c in cs] == \
         [(0.2, "cosineA", str(a)), (0.7, "normal", str(b))]
     assert cs[0].labels[0] == f"ID {first.history_id}"
+    with pytest.raises(XYZError, match=r"\(merge ID\), item 1 \('last'\): not a history ID"):
+        plan(XYZPlot(x=Axis("merge ID", "last")), r, PARAMS)
     with pytest.raises(XYZError, match=r"\(merge ID\), item 2 \('99'\)"):
         plan(XYZPlot(x=Axis("merge ID", f"{first.history_id},99")), r, PARAMS)
 
