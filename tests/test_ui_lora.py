@@ -189,3 +189,25 @@ def test_the_tab_builds_with_the_merge_tabs_prompt(models, tmp_path):
     assert "merge.gen.prompt" in ctx.components and "lora.specs" in ctx.components
     first = ctx.components["lora.list"].choices[0]
     assert (first[0] if isinstance(first, tuple) else first) == "one"
+
+
+def test_stop_interrupts_long_actions_and_writes_nothing(ctx):
+    seen = []
+
+    def press_stop_at_once(fraction, text):  # the page's progress report; Stop is pressed meanwhile
+        seen.append((fraction, text))
+        ctx.stop.set()
+
+    msg = lora_tab.guarded(ctx, lora_tab.make_lora_action, "sd1_A.safetensors", "sd1_B.safetensors", 1.0, 1.0, "4",
+                           "fp16", "full", "", False, report=press_stop_at_once)
+    assert msg == "Error: Stopped: SVD of module was interrupted; nothing was written or loaded."
+    assert len(seen) == 1 and seen[0][1].startswith("SVD of module 1/") and 0 < seen[0][0] < 1
+    assert list(ctx.host.lora_folder.glob("lora_*")) == []
+    msg = lora_tab.guarded(ctx, lora_tab.to_checkpoint, "style:1", "sd1_A.safetensors", lora_tab.TARGETS[0], "",
+                           False, report=press_stop_at_once)
+    assert msg.startswith("Error: Stopped: merging the LoRAs into the model was interrupted")
+    assert ctx.host.loaded == []
+    # the next action starts afresh (Stop is cleared at its start)
+    msg = lora_tab.guarded(ctx, lora_tab.to_checkpoint, "style:1", "sd1_A.safetensors", lora_tab.TARGETS[0], "",
+                           False)
+    assert msg.startswith("Loaded sd1_A+style") and len(ctx.host.loaded) == 1

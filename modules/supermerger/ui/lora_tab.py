@@ -151,12 +151,25 @@ def _lora_folder(ctx: UIContext) -> Path | None:
     return Path(dirs[0]) if dirs else ctx.output_dir
 
 
+def _progress(ctx: UIContext, report, what: str):
+    """A progress callback for the engine: reports to the page (``report(fraction, text)``) and
+    stops the action, writing nothing, once Stop was pressed."""
+    def update(done: int, total: int) -> None:
+        if ctx.stop.is_set():
+            raise SuperMergerError(f"Stopped: {what} was interrupted; nothing was written or loaded.")
+        if report is not None and total:
+            report(done / total, f"{what} {done}/{total}" if total < 10_000 else what)
+
+    return update
+
+
 def _unmatched(unmatched: dict) -> list[str]:
     return [f"Not applied: {name}: {len(mods)} modules ({', '.join(mods[:3])}{' ...' if len(mods) > 3 else ''})."
             for name, mods in unmatched.items()]
 
 
-def to_checkpoint(ctx: UIContext, spec_text: str, model: str, target: str, filename: str, overwrite: bool) -> str:
+def to_checkpoint(ctx: UIContext, spec_text: str, model: str, target: str, filename: str, overwrite: bool,
+                  report=None) -> str:
     """Merge the LoRAs into model A: into the live model (hot swap), or saved beside model A /
     in the output folder."""
     from ..lora.to_checkpoint import merge_to_checkpoint
@@ -170,14 +183,15 @@ def to_checkpoint(ctx: UIContext, spec_text: str, model: str, target: str, filen
     merged_name = "+".join(names)
     with ctx.lock:
         ctx.stop.clear()
+        progress = _progress(ctx, report, "merging the LoRAs into the model")
         if target == TARGETS[1]:
             folder = ctx.output_dir or Path(path).parent
             out = _output(filename, folder, default_filename(merged_name, ext=""))
             result = merge_to_checkpoint(path, items, out, overwrite=bool(overwrite), device=ctx.device,
-                                         lora_dirs=dirs)
+                                         lora_dirs=dirs, progress=progress)
             head = f"Merged model saved in {result.path} ({result.seconds:.1f} s)."
         else:
-            result = merge_to_checkpoint(path, items, None, device=ctx.device, lora_dirs=dirs)
+            result = merge_to_checkpoint(path, items, None, device=ctx.device, lora_dirs=dirs, progress=progress)
             ctx.host.load_state_dict(result.state_dict, merged_name)
             result.state_dict = None
             head = f"Loaded {merged_name} as the live model ({result.seconds:.1f} s); nothing was saved."
@@ -214,7 +228,7 @@ def merge_loras_action(ctx: UIContext, spec_text: str, remake: str, same_to_stre
 
 
 def make_lora_action(ctx: UIContext, model_a: str, model_b: str, alpha: float, beta: float, remake: str,
-                     precision: str, svd: str, filename: str, overwrite: bool) -> str:
+                     precision: str, svd: str, filename: str, overwrite: bool, report=None) -> str:
     from ..lora.make import make_lora
 
     if not model_a or not model_b:
@@ -224,8 +238,10 @@ def make_lora_action(ctx: UIContext, model_a: str, model_b: str, alpha: float, b
     dim = dim if isinstance(dim, int) else 128
     out = _output(filename, _lora_folder(ctx), f"lora_{model_name(a)}-{model_name(b)}")
     with ctx.lock:
+        ctx.stop.clear()
         result = make_lora(a, b, out, alpha=float(alpha), beta=float(beta), dim=dim, svd=svd, precision=precision,
-                           device=ctx.device, overwrite=bool(overwrite))
+                           device=ctx.device, overwrite=bool(overwrite),
+                           progress=_progress(ctx, report, "SVD of module"))
     return _report(result, f"LoRA (dim {dim})")
 
 
@@ -243,10 +259,10 @@ def extract_action(ctx: UIContext, spec_text: str, alpha: float, beta: float, ga
     return _report(result, "Extracted LoRA")
 
 
-def guarded(ctx: UIContext, fn, *args) -> str:
+def guarded(ctx: UIContext, fn, *args, **kwargs) -> str:
     """Run an action; a SuperMergerError becomes the one message the tab shows."""
     try:
-        return fn(ctx, *args)
+        return fn(ctx, *args, **kwargs)
     except SuperMergerError as e:
         return "Error: " + ctx.message(e)
 
@@ -272,6 +288,7 @@ def build(ctx: UIContext) -> None:
         merge_btn = gr.Button("Merge LoRAs", variant="primary", elem_id="supermerger_lora_merge")
         make_btn = gr.Button("Make LoRA (alpha · A − beta · B)", variant="primary", elem_id="supermerger_lora_make")
         extract_btn = gr.Button("Extract from two LoRAs", variant="primary", elem_id="supermerger_lora_extract")
+        stop_btn = gr.Button("Stop", variant="stop", elem_id="supermerger_lora_stop")
     with gr.Row():
         model_a = gr.Dropdown(models, value=None, label="Model A", elem_id="supermerger_lora_model_a",
                               **compat.dropdown_kwargs(custom=True))
@@ -327,12 +344,17 @@ def build(ctx: UIContext) -> None:
         reg(f"lora.{name}", comp)
 
     # -- actions
-    to_ckpt_btn.click(lambda *v: guarded(ctx, to_checkpoint, *v), [specs, model_a, target, filename, overwrite],
-                      message)
+    def run_to_checkpoint(*v, progress=gr.Progress()):
+        return guarded(ctx, to_checkpoint, *v, report=lambda f, d: progress(f, desc=d))
+
+    def run_make(*v, progress=gr.Progress()):
+        return guarded(ctx, make_lora_action, *v, report=lambda f, d: progress(f, desc=d))
+
+    to_ckpt_btn.click(run_to_checkpoint, [specs, model_a, target, filename, overwrite], message)
     merge_btn.click(lambda *v: guarded(ctx, merge_loras_action, *v),
                     [specs, remake, same, metadata, precision, svd, filename, overwrite], message)
-    make_btn.click(lambda *v: guarded(ctx, make_lora_action, *v),
-                   [model_a, model_b, alpha, beta, remake, precision, svd, filename, overwrite], message)
+    make_btn.click(run_make, [model_a, model_b, alpha, beta, remake, precision, svd, filename, overwrite], message)
+    stop_btn.click(lambda: ctx.stop.set(), None, None, queue=False)
     extract_btn.click(lambda *v: guarded(ctx, extract_action, *v),
                       [specs, alpha, beta, gamma, same, metadata, precision, filename, overwrite], message)
 
