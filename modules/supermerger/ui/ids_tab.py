@@ -10,7 +10,6 @@ import gradio as gr
 
 from ..history.images import id_from_text, png_text_chunks
 from . import compat
-from . import compat
 from .context import UIContext
 
 
