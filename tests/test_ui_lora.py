@@ -211,3 +211,13 @@ def test_stop_interrupts_long_actions_and_writes_nothing(ctx):
     msg = lora_tab.guarded(ctx, lora_tab.to_checkpoint, "style:1", "sd1_A.safetensors", lora_tab.TARGETS[0], "",
                            False)
     assert msg.startswith("Loaded sd1_A+style") and len(ctx.host.loaded) == 1
+
+
+def test_dims_saved_as_csv(ctx, _isolated_data_dir):
+    import csv
+
+    assert lora_tab.save_dims_csv(ctx) == f"Dims of 2 LoRAs saved in {_isolated_data_dir / 'loradims.csv'}."
+    with open(_isolated_data_dir / "loradims.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert [r[:4] for r in rows] == [["name", "dim", "type", "version"], ["style", "2", "LoRA", "SD1"],
+                                     ["sub/detail", "4", "LoRA", "SD1"]]

@@ -121,6 +121,18 @@ def from_prompt(prompt: str, listed) -> tuple[str, list[str], str]:
     return "\n".join(lines), ticked, note
 
 
+def save_dims_csv(ctx: UIContext) -> str:
+    """Every LoRA's dims as ``loradims.csv`` (rows ``name,dim,type,version,conv_dim,path``) in the data folder."""
+    from ..paths import data_dir
+
+    infos = lora_infos(ctx)
+    if not infos:
+        return "No LoRA to list: the host has no LoRA folder, or it is empty."
+    path = data_dir() / "loradims.csv"
+    dimsmod.write_csv(infos, path)
+    return f"Dims of {len(infos)} LoRAs saved in {path}."
+
+
 def presets_text() -> str:
     return "\n".join(f"{name}:{values}" for name, values in load_lbw_presets().items())
 
@@ -323,6 +335,7 @@ def build(ctx: UIContext) -> None:
         deselect_all = gr.Button("Deselect all", elem_id="supermerger_lora_deselect_all")
         update_btn = gr.Button("Update list", elem_id="supermerger_lora_update")
         dims_btn = gr.Button("Calculate dimensions", elem_id="supermerger_lora_dims")
+        csv_btn = gr.Button("Save dims as CSV", elem_id="supermerger_lora_dims_csv")
     with gr.Row():
         type_filter = gr.CheckboxGroup(list(dimsmod.TYPE_GROUPS), value=[], label="Type filter",
                                        elem_id="supermerger_lora_type_filter")
@@ -374,6 +387,7 @@ def build(ctx: UIContext) -> None:
     update_btn.click(relist, [with_dims, type_filter, dim_filter, loras], list_outs)
     dims_btn.click(lambda t, d, s: relist(True, t, d, s), [type_filter, dim_filter, loras], list_outs) \
         .then(lambda: True, None, with_dims)
+    csv_btn.click(lambda: guarded(ctx, lambda c: save_dims_csv(c)), None, message)
     type_filter.change(relist, [with_dims, type_filter, dim_filter, loras], list_outs)
     dim_filter.change(relist, [with_dims, type_filter, dim_filter, loras], list_outs)
 

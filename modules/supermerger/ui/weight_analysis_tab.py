@@ -26,10 +26,14 @@ def build(ctx: UIContext) -> None:
         ids = gr.Textbox("", label="History IDs (comma-separated; -1 = the last merge)",
                          elem_id="supermerger_analysis_ids")
         run = gr.Button("Analyse", variant="primary", elem_id="supermerger_analysis_run")
+        from_images = gr.Button("IDs from images ↓", elem_id="supermerger_analysis_from_images",
+                                visible="ids.ids" in ctx.components)
     image = gr.Image(label="Mean ± 1σ per block", type="pil", interactive=False,
                      elem_id="supermerger_analysis_chart")
     text = gr.Textbox("", label="Mean, σ, 2σ, 3σ", lines=12, interactive=False, elem_id="supermerger_analysis_text")
     for name, comp in (("ids", ids), ("chart", image), ("text", text)):
         ctx.register(f"analysis.{name}", comp)
     run.click(lambda t: analyse(ctx, t), ids, [text, image])
+    if "ids.ids" in ctx.components:  # the "IDs from images" tab's result, when that tab is built first
+        from_images.click(lambda t: t, ctx.components["ids.ids"], ids)
     ids.submit(lambda t: analyse(ctx, t), ids, [text, image])
