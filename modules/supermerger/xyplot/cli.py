@@ -130,6 +130,9 @@ def _settings(args):
         recipe = recipe.replace(model_a=a, model_b=b)
         print(f"No models given: using the built-in demo models (tiny, random weights: the images are noise)\n"
               f"  {a}\n  {b}")
+        if (params.width, params.height, params.steps) == (512, 512, 20):  # the defaults, sized for real models
+            params = params.with_(width=128, height=128, steps=4)
+            print("  images 128x128, 4 steps, as `supermerger demo` (give --width/--height/--steps to change)")
     elif args.from_history is None:
         recipe = _find_in_dirs(recipe, args.models_dir)
     return plot, recipe, params
