@@ -57,6 +57,7 @@ def create_app(ctx: UIContext) -> gr.Blocks:
                    **compat.blocks_kwargs(style_css(), client_js())) as app:
         gr.Markdown("## SuperMerger", elem_id="supermerger_title")
         build_tabs(ctx)
+        compat.run_js_on_load(app, client_js())
     app.queue(**compat.queue_kwargs(1))
     return app
 

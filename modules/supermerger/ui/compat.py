@@ -55,9 +55,15 @@ def blocks_kwargs(css: str | None = None, head_js: str | None = None) -> dict[st
     out: dict[str, Any] = {}
     if css:
         out["css"] = css
-    if head_js:
+    if head_js and GRADIO_MAJOR >= 4:  # 3.x has no head: see run_js_on_load
         out["head"] = f"<script>{head_js}</script>"
     return out
+
+
+def run_js_on_load(blocks, code: str | None) -> None:
+    """Gradio 3.x: run ``code`` once the page has loaded (4+ puts it in the page head instead)."""
+    if code and GRADIO_MAJOR < 4:
+        blocks.load(None, None, None, _js="() => {\n" + code + "\n}")
 
 
 def launch_kwargs(css: str | None = None, head_js: str | None = None) -> dict[str, Any]:
