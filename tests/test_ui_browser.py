@@ -44,6 +44,10 @@ GRAD_V = ("0,1,0.916667,0.833333,0.75,0.666667,0.583333,0.5,0.416667,0.333333,0.
           "0.083333,0.166667,0.25,0.333333,0.416667,0.5,0.583333,0.666667,0.75,0.833333,0.916667,1")
 
 
+BLOCKS_26 = ["BASE"] + [f"IN{i:02d}" for i in range(12)] + ["M00"] + [f"OUT{i:02d}" for i in range(12)]
+XL_MISSING = {"IN09", "IN10", "IN11", "OUT09", "OUT10", "OUT11"}
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -129,6 +133,14 @@ def test_merge_and_gen_in_the_browser(app_url):
             elemental.fill("OUT03 IN99:attn2:0.5")
             expect(check).to_have_value(re.compile(r"^Error: Unknown block ID 'IN99' in elemental entry 1"),
                                         timeout=30_000)
+            # an SDXL model A: its 20 block sliders (no IN09-IN11, OUT09-OUT11), XL-sized presets
+            _pick(page, "supermerger_model_a", "demoXL_A.safetensors")
+            expect(page.locator("#supermerger_mbw_arch")).to_contain_text("SDXL (20 blocks, from model A)")
+            expect(page.locator("#supermerger_mbw_slider_IN09")).to_be_hidden()
+            expect(page.locator("#supermerger_mbw_slider_OUT08")).to_be_visible()
+            page.locator("#supermerger_mbw_set_beta").click()
+            expect(page.locator("#supermerger_mbw_beta textarea")).to_have_value(
+                ",".join(v for b, v in zip(BLOCKS_26, GRAD_V.split(",")) if b not in XL_MISSING))
             assert "Traceback" not in page.content()
         finally:
             browser.close()

@@ -38,6 +38,7 @@ def make_context(models_dir=None, *, vae_dir=None, lora_dir=None, output_dir=Non
         from ..demo import demo_dir, demo_models
 
         demo_models("sd1")
+        demo_models("sdxl")  # model A's architecture picks the sliders: 26 for SD1, 20 for SDXL
         models_dir = demo_dir()
     elif not Path(models_dir).is_dir():
         raise SuperMergerError(f"Models folder {str(models_dir)!r} does not exist.")
