@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
+import threading
 import types
 from pathlib import Path
 
@@ -41,6 +42,9 @@ def webui(monkeypatch, tmp_path):
         mods["sd_samplers"].samplers = [types.SimpleNamespace(name=n) for n in ("DPM++ 2M", "Euler a", "UniPC")]
         mods["paths"] = types.ModuleType("modules.paths")
         mods["paths"].models_path = str(tmp_path / "models")
+        mods["call_queue"] = types.ModuleType("modules.call_queue")
+        mods["call_queue"].queue_lock = threading.Lock()
+        mods["shared"].state.interrupt = lambda: log.append("interrupt")
         config = tmp_path / "ui-config.json"
         config.write_text(json.dumps({"txt2img/Sampling steps/value": 33, "txt2img/Width/value": 640,
                                       "txt2img/Sampling method/value": "UniPC", "txt2img/CFG Scale/value": 4.5,
@@ -102,7 +106,7 @@ def test_tab_is_built_on_the_webui_host_with_txt2img_defaults(webui, tmp_path):
     from supermerger.hosts.webui import WebUIHost
     from supermerger.ui import forms
 
-    mods, _, ctx = _tab(webui)
+    mods, log, ctx = _tab(webui)
     assert type(ctx.host) is WebUIHost
     titles = ctx.host.list_checkpoints()
     assert names(ctx.components["merge.model_a"]) == titles
@@ -118,6 +122,10 @@ def test_tab_is_built_on_the_webui_host_with_txt2img_defaults(webui, tmp_path):
     assert len(ctx.merge_inputs) == len(forms.MERGE_FIELDS) and len(ctx.gen_inputs) == len(forms.GEN_FIELDS)
     assert names(ctx.components["metadata.model"]) == titles
     assert "elements.table" in ctx.components
+    # merges take the WebUI's queue lock; Stop also interrupts the WebUI's generation
+    assert ctx.lock is mods["call_queue"].queue_lock
+    ctx.request_stop()
+    assert ctx.stop.is_set() and log[-1] == "interrupt"
 
 
 def test_tab_in_forge_uses_the_forge_host(webui):

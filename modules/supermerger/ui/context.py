@@ -33,6 +33,7 @@ class UIContext:
         self._samplers_fn = samplers_fn
         self.components: dict[str, Any] = {}
         self.stop = threading.Event()
+        self.stop_hooks: list[Callable[[], None]] = []  # also run by Stop (e.g. the WebUI's interrupt)
         self.lock = threading.Lock()  # one merge or generation at a time: they share the live model
         self.merge_inputs: list = []
         self.gen_inputs: list = []
@@ -110,6 +111,12 @@ class UIContext:
 
         values = forms.values_from_recipe(recipe, self.model_name)
         return [update(value=values[name]) if name in values else update() for name in forms.MERGE_FIELDS]
+
+    def request_stop(self) -> None:
+        """Stop: a running merge stops at its next tensor; hosts stop generating where they can."""
+        self.stop.set()
+        for hook in self.stop_hooks:
+            hook()
 
     def message(self, exc: BaseException) -> str:
         return forms.message(exc)

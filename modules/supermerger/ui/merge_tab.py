@@ -408,7 +408,7 @@ def _wire_actions(ctx: UIContext, merge_btn, gen_btn, merge_gen_btn, stop_btn, s
     merge_btn.click(do_merge, inputs, outputs)
     gen_btn.click(do_gen, inputs, outputs)
     merge_gen_btn.click(do_merge_gen, inputs, outputs)
-    stop_btn.click(lambda: ctx.stop.set(), None, None, queue=False)
+    stop_btn.click(ctx.request_stop, None, None, queue=False)
 
     def do_save_current(*values):
         try:

@@ -82,8 +82,20 @@ def sampler_names() -> list[str]:
 
 
 def make_context() -> UIContext:
-    return UIContext(make_host(), gen_defaults_fn=txt2img_defaults, samplers_fn=sampler_names,
-                     output_dir=output_dir())
+    """The tab's context: merges and generations take the WebUI's queue lock (so they never run beside
+    a txt2img job), and Stop also interrupts a generation the WebUI is running for the tab."""
+    from modules import shared  # type: ignore
+
+    ctx = UIContext(make_host(), gen_defaults_fn=txt2img_defaults, samplers_fn=sampler_names,
+                    output_dir=output_dir())
+    try:
+        from modules.call_queue import queue_lock  # type: ignore
+
+        ctx.lock = queue_lock
+    except ImportError:
+        pass
+    ctx.stop_hooks.append(lambda: shared.state.interrupt())
+    return ctx
 
 
 def on_ui_tabs():
