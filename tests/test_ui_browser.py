@@ -101,6 +101,21 @@ def test_merge_and_gen_in_the_browser(app_url):
             page.locator("#supermerger_mbw_set_alpha").click()
             expect(page.locator("#supermerger_mbw_alpha textarea")).to_have_value(GRAD_V)
 
+            # the sliders as a user preset, in the user presets file; Read fills the sliders from a list
+            page.locator("#supermerger_preset_name textarea, #supermerger_preset_name input").first.fill("mine")
+            page.locator("#supermerger_preset_save").click()
+            expect(page.locator("#supermerger_preset_msg")).to_contain_text("Preset 'mine' saved in")
+            from supermerger.arch.presets import user_presets_path
+
+            assert f"mine\t{GRAD_V}\n" in user_presets_path().read_text(encoding="utf-8")
+            beta = page.locator("#supermerger_mbw_beta textarea")
+            beta.fill(",".join(["0.25"] * 25 + ["0.75"]))
+            page.locator("#supermerger_mbw_read_beta").click()
+            expect(page.locator("#supermerger_mbw_slider_OUT11 input[type=number]")).to_have_value("0.75")
+            expect(page.locator("#supermerger_mbw_slider_IN00 input[type=number]")).to_have_value("0.25")
+            page.locator("#supermerger_mbw_read_alpha").click()  # back to GRAD_V for the merge
+            expect(page.locator("#supermerger_mbw_slider_OUT11 input[type=number]")).to_have_value("1")
+
             page.get_by_text("Elemental merge", exact=True).click()
             elemental = page.locator("#supermerger_elemental textarea")
             check = page.locator("#supermerger_elemental_check textarea")
