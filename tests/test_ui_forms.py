@@ -34,6 +34,13 @@ class ListHost:
     def samplers(self):
         return ["Euler a"]
 
+    @property
+    def vae_dir(self):
+        return self.folder / "vae"
+
+    def list_vaes(self):
+        return sorted(p.name for p in self.vae_dir.glob("*.safetensors"))
+
 
 @pytest.fixture
 def ctx(models, tmp_path):
@@ -43,6 +50,8 @@ def ctx(models, tmp_path):
     folder.mkdir()
     for label in ("A", "B", "C"):
         shutil.copy(models[("sd1", label)], folder / f"sd1_{label}.safetensors")
+    (folder / "vae").mkdir()
+    (folder / "vae" / "my.vae.safetensors").write_bytes(b"")  # only its name and path matter here
     return UIContext(ListHost(folder), output_dir=tmp_path / "out")
 
 
@@ -59,6 +68,7 @@ def test_recipe_round_trip_through_the_form(ctx):
                     alpha=0.3, beta=0.45, gamma=0.3, mbw_alpha="GRAD_V", mbw_beta=[0.1] * 26,
                     elemental="OUT03:attn2:0.2\nNOT IN01::0", exclude="OUT11 VAE", adjust="1,0,0,0,2",
                     dtype="fp16", prune=True, reset_clip_ids=True, seed=1234,
+                    bake_vae=str(folder / "vae" / "my.vae.safetensors"),
                     random={"mode": "X", "targets": ["alpha"], "upper": "0.9", "lower": "0.1", "round": 2})
     updates = ctx.apply_recipe(recipe)
     assert len(updates) == len(forms.MERGE_FIELDS)
@@ -66,6 +76,7 @@ def test_recipe_round_trip_through_the_form(ctx):
     # pickers get the host's names; weights lists become text; save choices are left as they are
     assert (values["model_a"], values["model_c"]) == ("sd1_A.safetensors", "sd1_C.safetensors")
     assert values["mode"] == "Triple sum" and values["use_mbw"] is True
+    assert values["bake_vae"] == "my.vae.safetensors"
     assert values["mbw_beta"] == ",".join(["0.1"] * 26)
     assert (values["filter_mode"], values["filter_text"]) == ("Exclude", "OUT11 VAE")
     assert "save" not in updates[list(forms.MERGE_FIELDS).index("save")]
@@ -93,6 +104,9 @@ def test_recipe_from_the_form_leaves_out_what_the_mode_does_not_use(ctx):
     assert r.mbw_beta is None  # Weight sum with normal: no beta
     with pytest.raises(SuperMergerError, match="'nope.safetensors' was not found"):
         ctx.recipe_from_ui(*form(model_a="nope.safetensors", model_b="sd1_B.safetensors"))
+    with pytest.raises(SuperMergerError, match="VAE 'other.pt' was not found in"):
+        ctx.recipe_from_ui(*form(bake_vae="other.pt"))
+    assert ctx.recipe_from_ui(*form(bake_vae=forms.NO_VAE)).bake_vae is None
     with pytest.raises(RecipeError, match="Unknown calcmode 'cosine'"):
         ctx.recipe_from_ui(*form(calcmode="cosine"))
     with pytest.raises(RecipeError, match="Merge seed must be a whole number"):

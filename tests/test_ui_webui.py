@@ -18,6 +18,7 @@ from safetensors.torch import save_file
 
 pytest.importorskip("gradio")
 
+from supermerger.errors import SuperMergerError  # noqa: E402
 from test_hosts_webui import build_webui, weights  # noqa: E402  (the WebUI test double)
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "supermerger.py"
@@ -122,6 +123,11 @@ def test_tab_is_built_on_the_webui_host_with_txt2img_defaults(webui, tmp_path):
     assert len(ctx.merge_inputs) == len(forms.MERGE_FIELDS) and len(ctx.gen_inputs) == len(forms.GEN_FIELDS)
     assert names(ctx.components["metadata.model"]) == titles
     assert "elements.table" in ctx.components
+    # VAE names are the WebUI's VAE list
+    assert names(ctx.components["merge.bake_vae"]) == ["None", "good.vae.pt"]
+    assert ctx.vae_path("good.vae.pt") == mods["sd_vae"].vae_dict["good.vae.pt"]
+    with pytest.raises(SuperMergerError, match="The WebUI knows no VAE 'x.pt'"):
+        ctx.vae_path("x.pt")
     # merges take the WebUI's queue lock; Stop also interrupts the WebUI's generation
     assert ctx.lock is mods["call_queue"].queue_lock
     ctx.request_stop()

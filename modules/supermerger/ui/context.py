@@ -23,7 +23,8 @@ class UIContext:
     def __init__(self, host: Host, *, gen_defaults: GenParams | None = None, device: str = "cpu",
                  output_dir: str | os.PathLike | None = None, demo: bool = False,
                  gen_defaults_fn: Callable[[], GenParams] | None = None,
-                 samplers_fn: Callable[[], list[str]] | None = None):
+                 samplers_fn: Callable[[], list[str]] | None = None,
+                 vae_path_fn: Callable[[str], str] | None = None):
         self.host = host
         self.device = device
         self.output_dir = Path(output_dir) if output_dir else None
@@ -31,6 +32,7 @@ class UIContext:
         self._gen_defaults = gen_defaults or GenParams()
         self._gen_defaults_fn = gen_defaults_fn
         self._samplers_fn = samplers_fn
+        self._vae_path_fn = vae_path_fn
         self.components: dict[str, Any] = {}
         self.stop = threading.Event()
         self.stop_hooks: list[Callable[[], None]] = []  # also run by Stop (e.g. the WebUI's interrupt)
@@ -94,13 +96,42 @@ class UIContext:
                 return name
         return path
 
+    def vae_path(self, name: str) -> str:
+        """A VAE picker's name as a file path: ``vae_path_fn`` (the WebUI's VAE list), else the host's VAE
+        folder (standalone), else the name as a path."""
+        if os.path.isabs(name) and os.path.isfile(name):
+            return name
+        if self._vae_path_fn is not None:
+            return self._vae_path_fn(name)
+        folder = getattr(self.host, "vae_dir", None)
+        if folder is not None and (Path(folder) / name).is_file():
+            return str(Path(folder) / name)
+        from ..errors import ModelFileError
+
+        raise ModelFileError(f"VAE {name!r} was not found" + (f" in {str(folder)!r}." if folder else "."),
+                             "Refresh the VAE list, or pick None.")
+
+    def vae_name(self, path: str) -> str:
+        """The VAE picker's name of a file (the recipe's path), matched by file name."""
+        try:
+            names = self.host.list_vaes()
+        except Exception:  # noqa: BLE001
+            names = []
+        if path in names:
+            return path
+        base = Path(path).name
+        for name in names:
+            if Path(name).name == base:
+                return name
+        return path
+
     # -- Merge tab values ------------------------------------------------------------------------
     def merge_values(self, values) -> dict[str, Any]:
         return dict(zip(forms.MERGE_FIELDS, values))
 
     def recipe_from_ui(self, *values) -> Recipe:
         """The Recipe for the Merge tab's values (``merge_inputs`` order)."""
-        return forms.recipe_from_values(self.merge_values(values), self.model_path, self.device)
+        return forms.recipe_from_values(self.merge_values(values), self.model_path, self.device, self.vae_path)
 
     def params_from_ui(self, *values) -> GenParams:
         return forms.gen_params_from_values(dict(zip(forms.GEN_FIELDS, values)), self.gen_defaults)
@@ -109,7 +140,7 @@ class UIContext:
         """Updates that fill the Merge tab from ``recipe``, in ``merge_inputs`` order."""
         from .compat import update
 
-        values = forms.values_from_recipe(recipe, self.model_name)
+        values = forms.values_from_recipe(recipe, self.model_name, self.vae_name)
         return [update(value=values[name]) if name in values else update() for name in forms.MERGE_FIELDS]
 
     def request_stop(self) -> None:

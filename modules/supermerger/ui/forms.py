@@ -103,9 +103,9 @@ def output_path(folder: str | os.PathLike | None, custom_name: str, save_format:
 
 
 def recipe_from_values(values: Mapping[str, Any], resolve_model: Callable[[str], str] | None = None,
-                       device: str = "cpu") -> Recipe:
-    """The Recipe the form describes. ``resolve_model`` turns a picker's name into a file path (the
-    host's ``checkpoint_path``); saving options do not go into the recipe (see ``save_options``)."""
+                       device: str = "cpu", resolve_vae: Callable[[str], str] | None = None) -> Recipe:
+    """The Recipe the form describes. ``resolve_model`` / ``resolve_vae`` turn a picker's name into a
+    file path (the host's); where the merge is saved is not part of the recipe (``output_path``)."""
     v = dict(MERGE_FIELDS)
     v.update({k: values[k] for k in values if k in MERGE_FIELDS})
     resolve = resolve_model or (lambda name: name)
@@ -146,7 +146,7 @@ def recipe_from_values(values: Mapping[str, Any], resolve_model: Callable[[str],
         exclude=filter_text if filter_mode == "Exclude" else None,
         adjust=_text(v["adjust"]).strip(),
         dtype=_text(v["dtype"]) or "keep", prune=bool(v["prune"]), reset_clip_ids=bool(v["reset_clip_ids"]),
-        bake_vae=bake if bake and bake != NO_VAE else None,
+        bake_vae=(resolve_vae or (lambda name: name))(bake) if bake and bake != NO_VAE else None,
         overwrite=bool(v["overwrite"]),
         seed=None if seed == -1 else seed, random=random, device=device)
     recipe.check_types("the Merge tab")
@@ -163,10 +163,12 @@ def _weights_text(value: Any) -> str:
     return str(value)
 
 
-def values_from_recipe(recipe: Recipe, model_name: Callable[[str], str] | None = None) -> dict[str, Any]:
+def values_from_recipe(recipe: Recipe, model_name: Callable[[str], str] | None = None,
+                       vae_name: Callable[[str], str] | None = None) -> dict[str, Any]:
     """The form values that reproduce ``recipe`` (the inverse of ``recipe_from_values``);
-    ``model_name`` turns a file path back into the picker's name."""
+    ``model_name`` / ``vae_name`` turn a file path back into the picker's name."""
     name = model_name or (lambda path: path)
+    vae = vae_name or (lambda path: path)
     dice = recipe.random or {}
     use_mbw = recipe.mbw_alpha is not None or recipe.mbw_beta is not None
     filter_mode = "Include" if recipe.include else "Exclude" if recipe.exclude else "Off"
@@ -189,7 +191,7 @@ def values_from_recipe(recipe: Recipe, model_name: Callable[[str], str] | None =
         "merge_seed": -1 if recipe.seed is None else recipe.seed,
         "dtype": recipe.dtype, "prune": recipe.prune, "overwrite": recipe.overwrite,
         "reset_clip_ids": recipe.reset_clip_ids,
-        "bake_vae": name(recipe.bake_vae) if recipe.bake_vae else NO_VAE,
+        "bake_vae": vae(recipe.bake_vae) if recipe.bake_vae else NO_VAE,
     }
 
 

@@ -287,12 +287,14 @@ def _schedulers() -> list[str]:
 
 # -- wiring -----------------------------------------------------------------------------------------
 def _wire_models(ctx, comps, refresh, arch_state, arch_md, sliders, preset, elemental_check):
-    def on_refresh(a, b, c):
+    def on_refresh(a, b, c, vae):
         names = _models(ctx)
-        return [compat.update(choices=names, value=v if v in names else None) for v in (a, b, c)]
+        vaes = [forms.NO_VAE] + _vaes(ctx)
+        return [compat.update(choices=names, value=v if v in names else None) for v in (a, b, c)] + \
+            [compat.update(choices=vaes, value=vae if vae in vaes else forms.NO_VAE)]
 
-    refresh.click(on_refresh, [comps["model_a"], comps["model_b"], comps["model_c"]],
-                  [comps["model_a"], comps["model_b"], comps["model_c"]])
+    pickers = [comps["model_a"], comps["model_b"], comps["model_c"], comps["bake_vae"]]
+    refresh.click(on_refresh, pickers, pickers)
 
     def on_model_a(name, current):
         arch_id = arch_of(ctx, name) or current or "sd1"

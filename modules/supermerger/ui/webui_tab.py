@@ -81,13 +81,24 @@ def sampler_names() -> list[str]:
     return [s.name for s in sd_samplers.samplers]
 
 
+def vae_path(name: str) -> str:
+    from modules import sd_vae  # type: ignore
+
+    from ..errors import ModelFileError
+
+    path = sd_vae.vae_dict.get(name)
+    if path is None:
+        raise ModelFileError(f"The WebUI knows no VAE {name!r}.", "Refresh the VAE list, or pick None.")
+    return path
+
+
 def make_context() -> UIContext:
     """The tab's context: merges and generations take the WebUI's queue lock (so they never run beside
     a txt2img job), and Stop also interrupts a generation the WebUI is running for the tab."""
     from modules import shared  # type: ignore
 
     ctx = UIContext(make_host(), gen_defaults_fn=txt2img_defaults, samplers_fn=sampler_names,
-                    output_dir=output_dir())
+                    vae_path_fn=vae_path, output_dir=output_dir())
     try:
         from modules.call_queue import queue_lock  # type: ignore
 
