@@ -116,6 +116,9 @@ class Host(ABC):
     def generate(self, params: GenParams) -> Generated:
         """txt2img with the live model."""
 
+    def interrupt(self) -> None:
+        """Stop a running ``generate`` as soon as the host can (the UI's Stop); a no-op where it cannot."""
+
     @abstractmethod
     def unload(self) -> None:
         """Free the live model's memory."""

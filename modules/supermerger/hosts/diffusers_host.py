@@ -131,6 +131,7 @@ class DiffusersHost(Host):
         self.timings: dict[str, float] = {}
         self.cache: ModelCache | None = ModelCache(max_models=2) if cache is True else (cache or None)
         self.history_id: int | None = None  # the live merge's ID in the merge history
+        self._interrupted = False
 
     # -- listing --------------------------------------------------------------------------------
     @staticmethod
@@ -420,6 +421,15 @@ class DiffusersHost(Host):
         fields.update(self._extra_info)
         return format_infotext(p.prompt, p.negative_prompt, fields)
 
+    def interrupt(self) -> None:
+        """Stop the running ``generate``: the current image ends at its next step, no further batch starts."""
+        self._interrupted = True
+
+    def _step_end(self, pipe, step, timestep, kwargs):
+        if self._interrupted:
+            pipe._interrupt = True  # diffusers skips the remaining steps and decodes what it has
+        return kwargs
+
     def generate(self, p: GenParams) -> Generated:
         import torch
         import torch.nn.functional as F
@@ -432,11 +442,14 @@ class DiffusersHost(Host):
         t0 = time.perf_counter()
         seed = p.seed if p.seed is not None and p.seed >= 0 else random.randrange(2 ** 32)
         out = Generated()
+        self._interrupted = False
         for it in range(max(1, p.batch_count)):
+            if self._interrupted:
+                break
             seeds = [seed + it * p.batch_size + k for k in range(p.batch_size)]
             gens = [torch.Generator(self.device).manual_seed(s) for s in seeds]
             common = dict(prompt=[p.prompt] * p.batch_size, negative_prompt=[p.negative_prompt] * p.batch_size,
-                          guidance_scale=p.cfg_scale, generator=gens)
+                          guidance_scale=p.cfg_scale, generator=gens, callback_on_step_end=self._step_end)
             if p.clip_skip > 1:
                 common["clip_skip"] = p.clip_skip - 1  # WebUI "Clip skip 2" = diffusers clip_skip=1
             self.pipe.scheduler = sampler_table.make_scheduler(p.sampler, p.scheduler, self.layout.prediction_type)

@@ -232,6 +232,10 @@ class WebUIHost(Host):
         return Generated(list(processed.images[first:]), list(processed.infotexts[first:]),
                          list(processed.all_seeds))
 
+    def interrupt(self) -> None:
+        """The WebUI's own Interrupt: ``process_images`` stops at the next step."""
+        _modules()[5].state.interrupt()
+
     def unload(self) -> None:
         devices, sd_models = _modules()[0], _modules()[3]
         sd_models.unload_model_weights()

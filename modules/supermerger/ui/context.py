@@ -146,6 +146,7 @@ class UIContext:
     def request_stop(self) -> None:
         """Stop: a running merge stops at its next tensor; hosts stop generating where they can."""
         self.stop.set()
+        self.host.interrupt()
         for hook in self.stop_hooks:
             hook()
 

@@ -94,9 +94,7 @@ def vae_path(name: str) -> str:
 
 def make_context() -> UIContext:
     """The tab's context: merges and generations take the WebUI's queue lock (so they never run beside
-    a txt2img job), and Stop also interrupts a generation the WebUI is running for the tab."""
-    from modules import shared  # type: ignore
-
+    a txt2img job); Stop also interrupts a generation (``WebUIHost.interrupt``)."""
     ctx = UIContext(make_host(), gen_defaults_fn=txt2img_defaults, samplers_fn=sampler_names,
                     vae_path_fn=vae_path, output_dir=output_dir())
     try:
@@ -105,7 +103,6 @@ def make_context() -> UIContext:
         ctx.lock = queue_lock
     except ImportError:
         pass
-    ctx.stop_hooks.append(lambda: shared.state.interrupt())
     return ctx
 
 
