@@ -32,6 +32,11 @@ def test_stop_interrupts_generation(_isolated_data_dir):
     out = host.generate(GenParams(prompt="x", seed=1, steps=30, width=64, height=64, batch_count=3))
     assert steps_run == [0, 1]  # 28 steps skipped
     assert len(out.images) == 1 and out.seeds == [1]  # batches 2 and 3 never started
+    host._step_end = original
+    reports = []
+    host.generate(GenParams(prompt="x", seed=1, steps=2, width=64, height=64, batch_count=2,
+                            extra={"progress": lambda done, total: reports.append((done, total))}))
+    assert reports == [(0.5, 2), (1.0, 2), (1.5, 2), (2.0, 2)]  # per step, in passes of 2 steps
     steps_run.clear()
     host._step_end = lambda pipe, step, timestep, kwargs: (steps_run.append(step),
                                                            original(pipe, step, timestep, kwargs))[1]

@@ -132,6 +132,8 @@ class DiffusersHost(Host):
         self.cache: ModelCache | None = ModelCache(max_models=2) if cache is True else (cache or None)
         self.history_id: int | None = None  # the live merge's ID in the merge history
         self._interrupted = False
+        self._progress = None
+        self._pass = self._passes = 0
 
     # -- listing --------------------------------------------------------------------------------
     @staticmethod
@@ -428,6 +430,9 @@ class DiffusersHost(Host):
     def _step_end(self, pipe, step, timestep, kwargs):
         if self._interrupted:
             pipe._interrupt = True  # diffusers skips the remaining steps and decodes what it has
+        elif self._progress is not None:
+            n = getattr(pipe, "_num_timesteps", 0) or 1
+            self._progress(self._pass + (step + 1) / n, self._passes)
         return kwargs
 
     def generate(self, p: GenParams) -> Generated:
@@ -443,6 +448,9 @@ class DiffusersHost(Host):
         seed = p.seed if p.seed is not None and p.seed >= 0 else random.randrange(2 ** 32)
         out = Generated()
         self._interrupted = False
+        # progress(done, total) in denoising passes, from GenParams.extra["progress"] (the UI's bar)
+        self._progress = p.extra.get("progress")
+        self._pass, self._passes = 0, max(1, p.batch_count) * (2 if p.enable_hr else 1)
         for it in range(max(1, p.batch_count)):
             if self._interrupted:
                 break
@@ -456,6 +464,7 @@ class DiffusersHost(Host):
             first = self.pipe(**common, num_inference_steps=p.steps, width=p.width, height=p.height,
                               output_type="latent" if p.enable_hr else "pil")
             images = first.images
+            self._pass += 1
             if p.enable_hr:
                 mode = "nearest" if "nearest" in p.hr_upscaler else "bilinear"
                 latents = F.interpolate(images, scale_factor=p.hr_scale, mode=mode)
@@ -463,6 +472,7 @@ class DiffusersHost(Host):
                 second.scheduler = sampler_table.make_scheduler(p.sampler, p.scheduler, self.layout.prediction_type)
                 images = second(**common, image=latents, strength=p.denoising_strength,
                                 num_inference_steps=p.hr_second_pass_steps or p.steps).images
+                self._pass += 1
             out.images += images
             out.seeds += seeds
         # "Size" is the first pass's size, as in the WebUI; the hires fields tell the rest

@@ -436,6 +436,11 @@ def run_action(ctx: UIContext, do_merge: bool, do_gen: bool, merge_values, gen_v
                 lines += merge_now(ctx, merge_values, progress)
             if do_gen:
                 params = ctx.params_from_ui(*gen_values)
+                if progress is not None:
+                    def report(done: float, total: int) -> None:
+                        progress(done / total, desc=f"Generating {min(int(done) + 1, total)}/{total}")
+
+                    params = params.with_(extra={**params.extra, "progress": report})
                 out = ctx.host.generate(params)
                 images = list(zip(out.images, [f"seed {s}" for s in out.seeds])) if out.seeds else out.images
                 info = out.infotexts[0] if out.infotexts else ""
