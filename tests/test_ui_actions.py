@@ -73,7 +73,7 @@ def test_merge_and_gen_status_and_infotext(ctx, models):
     from helpers import lerp, load
 
     from supermerger import history
-    from supermerger.ui.merge_tab import run_action
+    from supermerger.ui.actions import run_action
 
     images, info, status = run_action(ctx, False, True, form(), gen())
     assert status == "No merged model loaded.\nError: No model is loaded. Merge (or load) a model before generating."
@@ -92,7 +92,7 @@ def test_merge_and_gen_status_and_infotext(ctx, models):
 
 
 def test_errors_are_one_readable_line(ctx):
-    from supermerger.ui.merge_tab import run_action
+    from supermerger.ui.actions import run_action
 
     _, _, status = run_action(ctx, True, False, form(use_mbw=True, mbw_alpha="0.5,0.5"), gen())
     assert status.splitlines()[-1].startswith("Error: Weights alpha have 2 values, but SD1.x needs 26")
@@ -105,7 +105,7 @@ def test_errors_are_one_readable_line(ctx):
 
 
 def test_stop_interrupts_a_merge(ctx):
-    from supermerger.ui.merge_tab import run_action
+    from supermerger.ui.actions import run_action
 
     ctx.stop.set()  # a Stop pressed before the merge began does not stop it: the flag is cleared at start
     run_action(ctx, True, False, form(alpha=0.2), gen())

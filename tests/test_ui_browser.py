@@ -138,6 +138,19 @@ def test_merge_and_gen_in_the_browser(app_url):
             assert record.elemental == "OUT03:attn2:0.2"
             assert record.model_a.endswith("demoA.safetensors")
 
+            # a batch of two with seed 7: clicking the second image shows its own infotext (seed 8)
+            for elem_id, value in (("supermerger_batch_size", "2"), ("supermerger_seed", "7")):
+                box = page.locator(f"#{elem_id} input").first  # the number box (a slider also has a range)
+                box.fill(value)
+                box.press("Tab")
+            page.locator("#supermerger_gen").click()
+            infotext = page.locator("#supermerger_infotext textarea")
+            expect(infotext).to_have_value(re.compile(r"Seed: 7,"), timeout=60_000)
+            thumbs = page.locator("#supermerger_gallery img")
+            expect(thumbs).to_have_count(2, timeout=10_000)
+            thumbs.nth(1).click()
+            expect(infotext).to_have_value(re.compile(rf"Seed: 8, .* ID {merge_id},"), timeout=10_000)
+
             # Ctrl+Enter inside the tab (javascript/supermerger.js) is Merge & Gen: the next merge ID
             page.locator("#supermerger_prompt textarea").press("Control+Enter")
             expect(status).to_have_value(re.compile(rf"· ID {merge_id + 1}\b"), timeout=60_000)

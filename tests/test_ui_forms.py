@@ -248,7 +248,7 @@ def test_save_merge_writes_the_live_recipe_with_the_save_options(ctx, models):
     from safetensors.torch import load_file
 
     from supermerger.api import merge
-    from supermerger.ui.merge_tab import save_merge
+    from supermerger.ui.actions import save_merge
 
     recipe = ctx.recipe_from_ui(*form(model_a="sd1_A.safetensors", model_b="sd1_B.safetensors", alpha=0.4))
     path = save_merge(ctx, recipe, {"custom_name": "mine", "save_format": "safetensors", "dtype": "fp32"})

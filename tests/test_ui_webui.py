@@ -144,7 +144,7 @@ def test_tab_in_forge_uses_the_forge_host(webui):
 def test_merge_from_the_tab_reaches_the_live_model_with_its_id(webui):
     from supermerger import history
     from supermerger.ui import forms
-    from supermerger.ui.merge_tab import merge_now, status_text
+    from supermerger.ui.actions import merge_now, status_text
 
     mods, log, ctx = _tab(webui)
     sd_models = mods["sd_models"]

@@ -44,6 +44,7 @@ class UIContext:
         self.status = None
         self.last_result = None  # api.MergeResult of the live merge
         self.last_recipe: Recipe | None = None  # as merged (with the seed actually drawn)
+        self.last_infotexts: list[str] = []  # of the images in the gallery
 
     # -- registering -------------------------------------------------------------------------
     def register(self, name: str, component):
