@@ -101,6 +101,22 @@ def test_merge_and_gen_in_the_browser(app_url):
             page.locator("#supermerger_mbw_set_alpha").click()
             expect(page.locator("#supermerger_mbw_alpha textarea")).to_have_value(GRAD_V)
 
+            # slider range and the helper: quick value 0.75, Add on MID (M00 was 0 in GRAD_V)
+            page.locator("#supermerger_mbw_max input").fill("3")
+            page.locator("#supermerger_mbw_max input").press("Tab")
+            expect(page.locator("#supermerger_mbw_slider_M00 input[type=range]")).to_have_attribute("max", "3")
+            page.locator("#supermerger_helper_quick_3").click()
+            expect(page.locator("#supermerger_helper_value input[type=number]")).to_have_value("0.75")
+            page.get_by_label("MID", exact=True).check()
+            page.get_by_label("IN", exact=True).uncheck()
+            page.get_by_label("OUT", exact=True).uncheck()
+            page.get_by_label("Add", exact=True).check()
+            page.locator("#supermerger_helper_apply").click()
+            expect(page.locator("#supermerger_mbw_slider_M00 input[type=number]")).to_have_value("0.75")
+            expect(page.locator("#supermerger_mbw_slider_IN00 input[type=number]")).to_have_value("1")
+            page.locator("#supermerger_mbw_read_alpha").click()  # the sliders back to GRAD_V
+            expect(page.locator("#supermerger_mbw_slider_M00 input[type=number]")).to_have_value("0")
+
             # the sliders as a user preset, in the user presets file; Read fills the sliders from a list
             page.locator("#supermerger_preset_name textarea, #supermerger_preset_name input").first.fill("mine")
             page.locator("#supermerger_preset_save").click()

@@ -14,6 +14,7 @@ from ..merge.weights import RANDOM_TOKENS, format_weights, is_number, list_names
 SLIDER_BLOCKS: tuple[str, ...] = archmod.get("sd1").blocks  # BASE, IN00-IN11, M00, OUT00-OUT11
 GROUPS = ("BASE", "IN", "MID", "OUT")
 OPERATIONS = ("Set", "Add", "Multiply")
+QUICK_VALUES = (0.0, 0.25, 0.5, 0.75, 1.0)  # the helper's one-click values
 
 
 def visible_blocks(arch_id: str) -> tuple[str, ...]:

@@ -107,6 +107,9 @@ def build(ctx: UIContext) -> None:
                     set_b = gr.Button("↑ Set beta", elem_id="supermerger_mbw_set_beta")
                     read_a = gr.Button("↓ Read alpha", elem_id="supermerger_mbw_read_alpha")
                     read_b = gr.Button("↓ Read beta", elem_id="supermerger_mbw_read_beta")
+                with gr.Row():
+                    range_lo = gr.Number(-1.0, label="Slider minimum", elem_id="supermerger_mbw_min")
+                    range_hi = gr.Number(2.0, label="Slider maximum", elem_id="supermerger_mbw_max")
                 sliders = []
                 visible = set(mbw.visible_blocks(start_arch))
                 with gr.Row(elem_id="supermerger_mbw_sliders", elem_classes=["sm-sliders"]):
@@ -122,6 +125,9 @@ def build(ctx: UIContext) -> None:
                     helper_op = gr.Radio(list(mbw.OPERATIONS), value="Set", label="Operation",
                                          elem_id="supermerger_helper_op")
                     helper_btn = gr.Button("Apply to sliders", elem_id="supermerger_helper_apply")
+                with gr.Row():
+                    quick = [gr.Button(str(v), elem_id=f"supermerger_helper_quick_{i}", min_width=40)
+                             for i, v in enumerate(mbw.QUICK_VALUES)]
                 with gr.Row():
                     preset_name = gr.Textbox("", label="Save sliders as user preset", placeholder="name",
                                              elem_id="supermerger_preset_name")
@@ -202,6 +208,16 @@ def build(ctx: UIContext) -> None:
     ctx.gen_inputs = [gen[n] for n in forms.GEN_FIELDS]
     ctx.gallery, ctx.infotext, ctx.status = gallery, infotext, status
 
+    for button, value in zip(quick, mbw.QUICK_VALUES):
+        button.click(lambda v=value: v, None, helper_value)
+
+    def on_range(lo, hi):
+        if lo is None or hi is None or not lo < hi:
+            return [compat.update()] * (len(sliders) + 1)
+        return [compat.update(minimum=lo, maximum=hi)] * (len(sliders) + 1)
+
+    for box in (range_lo, range_hi):
+        box.change(on_range, [range_lo, range_hi], sliders + [helper_value])
     _wire_models(ctx, comps, refresh, arch_state, arch_md, sliders, preset, elemental_check)
     _wire_sliders(comps, calc_info)
     _wire_mbw(comps, arch_state, sliders, preset, set_a, set_b, read_a, read_b, helper_value, helper_groups,
