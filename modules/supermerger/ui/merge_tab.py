@@ -101,8 +101,8 @@ def build(ctx: UIContext) -> None:
                                                 elem_id="supermerger_mbw_alpha")
                 comps["mbw_beta"] = gr.Textbox(D["mbw_beta"], label="Weights for beta", elem_id="supermerger_mbw_beta")
                 with gr.Row():
-                    preset = gr.Dropdown(mbw.preset_choices(presets, start_arch), value=None, label="Preset → sliders",
-                                         elem_id="supermerger_mbw_preset")
+                    preset = gr.Dropdown(mbw.preset_choices(presets, start_arch), value=None,
+                                         label="Preset → sliders", elem_id="supermerger_mbw_preset")
                     set_a = gr.Button("↑ Set alpha", elem_id="supermerger_mbw_set_alpha")
                     set_b = gr.Button("↑ Set beta", elem_id="supermerger_mbw_set_beta")
                     read_a = gr.Button("↓ Read alpha", elem_id="supermerger_mbw_read_alpha")
