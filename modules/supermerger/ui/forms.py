@@ -12,7 +12,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from ..errors import RecipeError, SuperMergerError
 from ..merge.calcmodes import get_calcmode
-from ..merge.dice import DEFAULT_CUSTOM, RANDOM_MODES
+from ..merge.dice import DEFAULT_CUSTOM
 from ..merge.modes import MODES, get_mode
 from ..merge.recipe import Recipe
 
