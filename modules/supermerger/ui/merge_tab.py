@@ -114,7 +114,7 @@ def build(ctx: UIContext) -> None:
                 visible = set(mbw.visible_blocks(start_arch))
                 with gr.Row(elem_id="supermerger_mbw_sliders", elem_classes=["sm-sliders"]):
                     for block in mbw.SLIDER_BLOCKS:
-                        sliders.append(gr.Slider(-1.0, 2.0, value=0.5, step=0.0001, label=block, min_width=90,
+                        sliders.append(gr.Slider(-1.0, 2.0, value=0.5, step=0.0001, label=block, min_width=104,
                                                  visible=block in visible,
                                                  elem_id=f"supermerger_mbw_slider_{block}"))
                 with gr.Row():
