@@ -50,3 +50,15 @@ def test_ui_missing_folder_is_an_error_message(capsys):
 
     assert main(["ui", "--models-dir", "/no/such/folder"]) == 2
     assert "error: Models folder '/no/such/folder' does not exist." in capsys.readouterr().err
+
+
+def test_ui_without_gradio_says_what_to_install(monkeypatch, capsys):
+    import importlib.util
+
+    from supermerger.cli import main
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gradio" else real(name, *a))
+    assert main(["ui"]) == 2
+    err = capsys.readouterr().err
+    assert "error: The UI needs Gradio, which is not installed." in err and 'pip install "gradio>=4"' in err
