@@ -140,6 +140,7 @@ def file_case(name: str, arch: str, mode: str, labels: str, args, results: dict,
     b = floor(inputs, out, args.output)
     with open(OUT / "bench.log", "a") as log:
         ratios = alternate(a, b, args.pairs, warmup=1, log=log, say=say)
+        remove_partials(out)
         row = summarise(a, b, ratios)
         m = mecha(mode, inputs, out, args.output) if args.mecha else None
         if m is not None:
@@ -166,6 +167,12 @@ def report_row(name: str, row: dict) -> None:
     say(f"  -> {name}: ours {span(row['wall_s'])} s, floor {span(row['floor_s'])} s, "
         f"ratio {span(row['ratio'])}, peak RSS {row['peak_rss'] / gib:.2f} GiB, "
         f"CPU {row['user_s']:.2f} user + {row['sys_s']:.2f} sys")
+
+
+def remove_partials(out: Path) -> None:
+    """Delete the temp files of runs killed at the time limit (a killed writer cannot; 2 GB each)."""
+    for part in out.parent.glob(f".{out.name}.*.part"):
+        part.unlink(missing_ok=True)
 
 
 def interactive_case(args, results: dict) -> None:
@@ -212,6 +219,7 @@ def calcmode_case(args, results: dict) -> None:
             v = ours(mode, mode_inputs, out, home, calcmode=cid, timeout=args.calcmode_timeout)
             ws.runs.clear()
             ratios = alternate(v, ws, args.calcmode_pairs, warmup=0, log=log, say=lambda m: None)
+            remove_partials(out)
             timed_out = any(r.rc != 0 for r in v.runs)
             rows[cid] = {"mode": mode, "wall_s": [r.wall for r in v.runs], "ws_s": [r.wall for r in ws.runs],
                          "ratio": ratios, "peak_rss": max(r.maxrss for r in v.runs), "failed": timed_out}
