@@ -178,3 +178,38 @@ def test_kill_mid_write_leaves_nothing_under_the_output_name(models, tmp_path):
     assert not out.exists()
     leftovers = [p.name for p in tmp_path.iterdir() if p.name != "home"]
     assert all(name.startswith(".killed.safetensors.") and name.endswith(".part") for name in leftovers)
+    assert leftovers, "the killed writer's temp file should be there (nothing could remove it)"
+
+    # The next write to the same name removes the dead writer's temp file (once it is a minute old).
+    for name in leftovers:
+        os.utime(tmp_path / name, (0, 0))
+    supermerger.merge(Recipe(model_a=str(models[("sd1", "A")]), model_b=str(models[("sd1", "B")])), output=out)
+    assert out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name not in ("home", out.name)] == []
+
+
+def test_stale_temp_files_only_of_dead_writers_are_removed(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from supermerger.io.atomic import STALE_SECONDS, remove_stale_partials
+
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = int(done.stdout)  # a PID that has exited (reuse within this test is not a concern)
+    out = tmp_path / "m.safetensors"
+    names = {
+        "dead_old": f".m.safetensors.{dead}.abc.part",
+        "dead_fresh": f".m.safetensors.{dead}.def.part",
+        "alive_old": f".m.safetensors.{os.getpid()}.ghi.part",
+        "other_target": f".n.safetensors.{dead}.jkl.part",
+        "no_pid": ".m.safetensors.xyz.part",
+    }
+    now = 1_000_000.0
+    for key, name in names.items():
+        (tmp_path / name).write_bytes(b"x")
+        age = 1.0 if key == "dead_fresh" else STALE_SECONDS + 1
+        os.utime(tmp_path / name, (now - age, now - age))
+    removed = remove_stale_partials(out, now=now)
+    assert [p.name for p in removed] == [names["dead_old"]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(n for k, n in names.items() if k != "dead_old")

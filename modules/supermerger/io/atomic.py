@@ -1,7 +1,9 @@
 """Atomic file writes: data goes to a temporary file in the target folder, then is renamed.
 
 A kill or a full disk mid-write leaves the target untouched (or absent) and no partial file
-under its name; the temporary file is removed on any error.
+under its name; the temporary file is removed on any error. A process killed outright (SIGKILL,
+power loss) cannot remove its temporary file, so the name carries the writer's PID and the next
+write to the same target deletes those whose writer is gone (a merge's is the model's size).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import IO, Iterator
 
@@ -25,7 +28,38 @@ def check_output_path(path: str | os.PathLike, overwrite: bool) -> Path:
         raise OutputError(f"Output path {str(path)!r} is a folder; give a file name such as merged.safetensors.")
     if not path.parent.is_dir():
         raise OutputError(f"Output folder {str(path.parent)!r} does not exist.", "Create it first, or choose another path.")
+    remove_stale_partials(path)
     return path
+
+
+STALE_SECONDS = 60.0  # a temp file untouched this long, whose writer's PID is not running, is abandoned
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, but not ours to signal
+        return True
+    return True
+
+
+def remove_stale_partials(path: str | os.PathLike, now: float | None = None) -> list[Path]:
+    """Delete temporary files of earlier writes to ``path`` whose writer died (not running, and the file
+    untouched for a minute, so a writer on another machine sharing the folder is left alone)."""
+    path = Path(path)
+    now = time.time() if now is None else now
+    removed = []
+    for part in path.parent.glob(f".{path.name}.*.part"):
+        pid_text = part.name[len(path.name) + 2:].split(".", 1)[0]
+        if not pid_text.isdigit() or _pid_alive(int(pid_text)):
+            continue
+        with contextlib.suppress(OSError):
+            if now - part.stat().st_mtime >= STALE_SECONDS:
+                part.unlink()
+                removed.append(part)
+    return removed
 
 
 def check_free_space(path: str | os.PathLike, needed: int) -> None:
@@ -43,7 +77,8 @@ def check_free_space(path: str | os.PathLike, needed: int) -> None:
 def atomic_open(path: str | os.PathLike, overwrite: bool = False, fsync: bool = False) -> Iterator[IO[bytes]]:
     """Open a temporary binary file beside ``path``; on success rename it over ``path``."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    remove_stale_partials(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".part", dir=path.parent)
     try:
         with os.fdopen(fd, "wb", buffering=0) as f:
             yield f
