@@ -137,7 +137,7 @@ def test_merge_and_gen_in_the_browser(app_url):
             check = page.locator("#supermerger_elemental_check textarea")
             elemental.fill("OUT03:attn2:0.2")
             # SD1 OUT03 has one transformer block: attn2's to_q, to_k, to_v, to_out.0 weight and bias
-            expect(check).to_have_value(re.compile(r"#1 'OUT03:attn2:0\.2': 1 block, matches 5 keys, decides 5"),
+            expect(check).to_have_value(re.compile(r"#1 'OUT03:attn2:0\.2': OUT03, matches 5 keys, decides 5"),
                                         timeout=30_000)
 
             page.locator("#supermerger_merge_gen").click()

@@ -146,13 +146,20 @@ def test_elemental_live_check(models):
     text = forms.elemental_check("OUT03::0.1\nOUT03:attn2:0.2", recipe, plan_merge)
     assert text.splitlines() == [
         "SD1.x: 2 entries (the last matching entry wins)",
-        f"#1 'OUT03::0.1': 1 block, matches {out03} keys, decides {out03 - attn2}",
-        f"#2 'OUT03:attn2:0.2': 1 block, matches {attn2} keys, decides {attn2}",
+        f"#1 'OUT03::0.1': OUT03, matches {out03} keys, decides {out03 - attn2}",
+        f"#2 'OUT03:attn2:0.2': OUT03, matches {attn2} keys, decides {attn2}",
     ]
     text = forms.elemental_check("OUT03:attn2:0.2, OUT03:attn2:0.4, NOT IN00-IN11:nothing_like_this:1",
                                  recipe, plan_merge)
-    assert "#1 'OUT03:attn2:0.2': 1 block, matches" in text and "every match is overridden" in text
-    assert "#3 'NOT IN00-IN11:nothing_like_this:1': 14 blocks, matches 0 keys, decides 0  ⚠ matches no key" in text
+    assert "#1 'OUT03:attn2:0.2': OUT03, matches" in text and "every match is overridden" in text
+    assert ("#3 'NOT IN00-IN11:nothing_like_this:1': BASE M00-OUT11, matches 0 keys, decides 0  "
+            "⚠ matches no key"
+            in text)
+    text = forms.elemental_check("IN02 IN04-IN06 OUT00::0.5, ::0.1, NOT ::0", recipe, plan_merge)
+    assert "#1 'IN02 IN04-IN06 OUT00::0.5': IN02 IN04-IN06 OUT00, matches" in text
+    assert "#2 '::0.1': all 26 blocks, matches" in text
+    assert "#3 'NOT ::0': all 26 blocks, matches" in text  # NOT with no block listed excludes none
+    assert forms.block_ranges([], ["BASE", "IN00"]) == "no block"
     assert forms.elemental_check("OUT03:attn2", recipe, plan_merge) == (
         "Error: Elemental entry 1 ('OUT03:attn2', line 1) has 1 ':' but needs exactly 2: BLOCKS:ELEMENTS:RATIO. "
         "Example: OUT03 OUT04:attn2 attn1.to_out:0.5 (leave BLOCKS or ELEMENTS empty for 'all').")

@@ -226,7 +226,7 @@ def gen_params_from_values(values: Mapping[str, Any], defaults=None):
 class ElementalLine:
     index: int
     text: str
-    blocks: int  # how many blocks the entry names (all: the architecture's count)
+    blocks: str  # the blocks the entry covers, e.g. "OUT03", "IN04-IN08 M00", "all 26 blocks"
     matched: int  # keys whose block and element the entry matches
     decided: int  # keys whose ratio this entry decides (the last matching entry wins)
 
@@ -241,10 +241,28 @@ def elemental_lines(plan) -> list[ElementalLine]:
             continue  # added by the dice roll (ER/EU/EX), not typed by the user
         matched = sum(1 for t in mergeable if e.matches(t.key, t.block))
         decided = sum(1 for t in plan.tasks if t.why.startswith(e.describe()))
-        n_blocks = plan.arch.n_blocks if e.blocks is None else (
-            plan.arch.n_blocks - len(e.blocks) if e.blocks_not else len(e.blocks))
-        out.append(ElementalLine(e.index, e.text, n_blocks, matched, decided))
+        if e.blocks is None:
+            covered = list(plan.arch.blocks)
+        else:
+            covered = [b for b in plan.arch.blocks if (b in e.blocks) != e.blocks_not]
+        out.append(ElementalLine(e.index, e.text, block_ranges(covered, plan.arch.blocks), matched, decided))
     return out
+
+
+def block_ranges(blocks: Sequence[str], order: Sequence[str]) -> str:
+    """Blocks as short text in the architecture's order: runs of neighbours as ranges ("IN04-IN08"),
+    every block as "all N blocks", none as "no block"."""
+    if not blocks:
+        return "no block"
+    if len(blocks) == len(order):
+        return f"all {len(order)} blocks"
+    index = sorted(order.index(b) for b in blocks)
+    parts, start = [], index[0]
+    for prev, cur in zip(index, index[1:] + [None]):
+        if cur is None or cur != prev + 1:
+            parts.append(order[start] if start == prev else f"{order[start]}-{order[prev]}")
+            start = cur
+    return " ".join(parts)
 
 
 def elemental_report(lines: Sequence[ElementalLine], arch_label: str) -> str:
@@ -254,7 +272,7 @@ def elemental_report(lines: Sequence[ElementalLine], arch_label: str) -> str:
     for ln in lines:
         note = "  ⚠ matches no key" if ln.matched == 0 else \
             "  ⚠ every match is overridden by a later entry" if ln.decided == 0 else ""
-        rows.append(f"#{ln.index} '{ln.text}': {ln.blocks} block{'s' if ln.blocks != 1 else ''}, "
+        rows.append(f"#{ln.index} '{ln.text}': {ln.blocks}, "
                     f"matches {ln.matched} keys, decides {ln.decided}{note}")
     return "\n".join(rows)
 
