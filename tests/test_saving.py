@@ -63,6 +63,23 @@ def test_metadata_webui_modelspec_and_replay(models, tmp_path):
     assert replayed.hashes["A"] == sha_a
 
 
+def test_no_metadata_writes_only_the_format_and_the_same_tensors(models, tmp_path, capsys):
+    with_meta, without = tmp_path / "with.safetensors", tmp_path / "without.safetensors"
+    r = Recipe(alpha=0.3, mbw_alpha="GRAD_V", **paths(models))
+    supermerger.merge(r, output=with_meta)
+    assert main(["merge", "-a", r.model_a, "-b", r.model_b, "--alpha", "0.3", "--mbw-alpha", "GRAD_V",
+                 "--no-metadata", "-o", str(without), "-q"]) == 0
+    with safe_open(str(without), "pt") as f:
+        assert f.metadata() == {"format": "pt"}
+    a, b = load_file(str(with_meta)), load_file(str(without))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    capsys.readouterr()
+    assert main(["merge", "--recipe-from", str(without), "-o", str(tmp_path / "x.safetensors")]) == 2
+    assert "recipe" in capsys.readouterr().err.lower()
+    with pytest.raises(supermerger.SuperMergerError, match="metadata must be true or false"):
+        supermerger.merge(r.replace(metadata="no"), output=tmp_path / "y.safetensors")
+
+
 def test_prune_reset_clip_ids_and_ckpt_output(models, tmp_path):
     from supermerger.testing.synthetic import make_state_dict
 

@@ -135,7 +135,11 @@ def merge(recipe: Recipe, *, models: Mapping[str, ModelLike] | None = None, outp
             # The header is written before the data; input hashes (computed meanwhile on another
             # thread) replace same-length placeholders once known.
             placeholders = {k: _placeholder(plan, k) for k in hashers}
-            meta = build_metadata(plan, rec, placeholders, legacy, date)
+
+            def metadata(hashes: dict[str, str]) -> dict[str, str]:
+                return build_metadata(plan, rec, hashes, legacy, date) if rec.metadata else {"format": "pt"}
+
+            meta = metadata(placeholders)
             if out.suffix.lower() == ".safetensors":
                 from .io.writer import SafetensorsWriter
 
@@ -143,14 +147,15 @@ def merge(recipe: Recipe, *, models: Mapping[str, ModelLike] | None = None, outp
                 with SafetensorsWriter(out, entries, meta, overwrite=overwrite) as writer:
                     execute(plan, "file", writer=writer, device=device, progress=progress, stop=stop)
                     hashes = {k: h.get() for k, h in hashers.items()}
-                    meta = build_metadata(plan, rec, hashes, legacy, date)
-                    writer.rewrite_metadata(meta)
+                    if rec.metadata:
+                        meta = metadata(hashes)
+                        writer.rewrite_metadata(meta)
             else:
                 from .io.writer import save_torch
 
                 sd = execute(plan, "memory", device=device, progress=progress, stop=stop)
                 hashes = {k: h.get() for k, h in hashers.items()}
-                meta = build_metadata(plan, rec, hashes, legacy, date)
+                meta = metadata(hashes)
                 save_torch(out, sd, overwrite=overwrite)
             result.metadata = meta
             for k, h in hashes.items():

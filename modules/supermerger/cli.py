@@ -91,6 +91,9 @@ def _add_merge_args(p: argparse.ArgumentParser, gen: bool = False) -> None:
     g.add_argument("--prune", action="store_true", default=None, help="keep only U-Net, text encoder and VAE keys")
     g.add_argument("--reset-clip-ids", action="store_true", default=None, help="rewrite CLIP position_ids as 0..76")
     g.add_argument("--bake-vae", metavar="VAE", help="replace the merged VAE by this VAE file")
+    g.add_argument("--no-metadata", dest="metadata", action="store_false", default=None,
+                   help="write no recipe, model names or hashes into the saved file (only format: pt); "
+                        "such a file cannot be replayed with --recipe-from")
     if not gen:
         g.add_argument("--overwrite", action="store_true", default=None, help="replace an existing output file")
     g = p.add_argument_group("recipes and checks")
@@ -194,7 +197,7 @@ def _recipe_from_args(args) -> "Recipe":
     mapping = {"model_a": "model_a", "model_b": "model_b", "model_c": "model_c", "mode": "mode",
                "calcmode": "calcmode", "alpha": "alpha", "beta": "beta", "gamma": "gamma", "mbw_alpha": "mbw_alpha",
                "mbw_beta": "mbw_beta", "elemental": "elemental", "include": "include", "exclude": "exclude",
-               "adjust": "adjust", "dtype": "dtype", "prune": "prune", "reset_clip_ids": "reset_clip_ids",
+               "adjust": "adjust", "dtype": "dtype", "prune": "prune", "reset_clip_ids": "reset_clip_ids", "metadata": "metadata",
                "bake_vae": "bake_vae", "output": "output", "overwrite": "overwrite", "seed": "seed",
                "device": "device"}
     changes = {}

@@ -138,7 +138,7 @@ def save_settings(recipe: Recipe, output: Path | None) -> str:
     if recipe.dtype != "keep":
         parts.append(recipe.dtype)
     for flag, word in ((recipe.prune, "prune"), (recipe.reset_clip_ids, "reset CLIP ids"),
-                       (recipe.overwrite, "overwrite")):
+                       (recipe.overwrite, "overwrite"), (not recipe.metadata, "no metadata")):
         if flag:
             parts.append(word)
     if recipe.bake_vae:

@@ -44,6 +44,9 @@ class Recipe:
     bake_vae: str | None = None
     output: str | None = None
     overwrite: bool = False
+    # Write the recipe, model names and hashes into a saved .safetensors (False: only "format": "pt",
+    # for a file that should not say what it was made from; such a file cannot replay its merge).
+    metadata: bool = True
     # Seed of every random draw (dice-roll ratios, plus random, dare): None or -1 draws one when the
     # merge needs it, and the recipe recorded with the merge carries the seed that was used.
     seed: int | None = None
@@ -106,6 +109,9 @@ class Recipe:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise RecipeError(f"{source}: {name} must be a number, got {value!r}.")
             setattr(self, name, float(value))
+        for name in ("prune", "reset_clip_ids", "overwrite", "metadata"):
+            if not isinstance(getattr(self, name), bool):
+                raise RecipeError(f"{source}: {name} must be true or false, got {getattr(self, name)!r}.")
         if self.dtype not in DTYPE_CHOICES:
             raise RecipeError(f"{source}: dtype {self.dtype!r} is not one of {', '.join(DTYPE_CHOICES)}.",
                               suggest(self.dtype, DTYPE_CHOICES))

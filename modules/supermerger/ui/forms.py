@@ -36,7 +36,7 @@ MERGE_FIELDS: dict[str, Any] = {
     "dice_upper": "1", "dice_lower": "0", "dice_clamp_upper": "1", "dice_clamp_lower": "0", "dice_round": 3,
     "merge_seed": -1,
     "save": False, "save_format": "safetensors", "dtype": "keep", "prune": False, "overwrite": False,
-    "reset_clip_ids": False, "custom_name": "", "bake_vae": NO_VAE,
+    "reset_clip_ids": False, "metadata": True, "custom_name": "", "bake_vae": NO_VAE,
 }
 
 # Generation parameters (hosts.base.GenParams), in the fixed order of ``UIContext.gen_inputs``.
@@ -146,6 +146,7 @@ def recipe_from_values(values: Mapping[str, Any], resolve_model: Callable[[str],
         exclude=filter_text if filter_mode == "Exclude" else None,
         adjust=_text(v["adjust"]).strip(),
         dtype=_text(v["dtype"]) or "keep", prune=bool(v["prune"]), reset_clip_ids=bool(v["reset_clip_ids"]),
+        metadata=bool(v["metadata"]),
         bake_vae=(resolve_vae or (lambda name: name))(bake) if bake and bake != NO_VAE else None,
         overwrite=bool(v["overwrite"]),
         seed=None if seed == -1 else seed, random=random, device=device)
@@ -190,7 +191,7 @@ def values_from_recipe(recipe: Recipe, model_name: Callable[[str], str] | None =
         "dice_clamp_lower": dice.get("clamp_lower", "0"), "dice_round": dice.get("round", 3),
         "merge_seed": -1 if recipe.seed is None else recipe.seed,
         "dtype": recipe.dtype, "prune": recipe.prune, "overwrite": recipe.overwrite,
-        "reset_clip_ids": recipe.reset_clip_ids,
+        "reset_clip_ids": recipe.reset_clip_ids, "metadata": recipe.metadata,
         "bake_vae": vae(recipe.bake_vae) if recipe.bake_vae else NO_VAE,
     }
 

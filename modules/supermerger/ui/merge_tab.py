@@ -179,13 +179,16 @@ def build(ctx: UIContext) -> None:
                     comps["prune"] = gr.Checkbox(D["prune"], label="prune (drop EMA and buffers)")
                     comps["overwrite"] = gr.Checkbox(D["overwrite"], label="overwrite")
                     comps["reset_clip_ids"] = gr.Checkbox(D["reset_clip_ids"], label="reset CLIP ids")
+                    comps["metadata"] = gr.Checkbox(D["metadata"], label="save metadata",
+                                                    elem_id="supermerger_save_metadata")
                 with gr.Row():
                     comps["custom_name"] = gr.Textbox("", label="Custom name (optional)",
                                                       elem_id="supermerger_custom_name")
                     comps["bake_vae"] = gr.Dropdown([forms.NO_VAE] + _vaes(ctx), value=forms.NO_VAE,
                                                     label="Bake in VAE", elem_id="supermerger_bake_vae")
-                gr.Markdown("The recipe, input hashes and `modelspec.*` fields are always written into a "
-                            ".safetensors file's metadata.")
+                gr.Markdown("*save metadata* writes the recipe, the input models' names and hashes and "
+                            "`modelspec.*` fields into a .safetensors file (so the merge can be replayed); "
+                            "without it the file says only `format: pt`.")
                 save_current = gr.Button("Save current merge", elem_id="supermerger_save_current")
 
             gen = _gen_section(ctx)
