@@ -331,7 +331,9 @@ def test_webui_generation_parameters_and_scripts(fake_webui):
         ("dog", "bad", 9, 3, 5, "DPM++ 2M", "Karras")
     assert (p.batch_size, p.n_iter, p.enable_hr, p.hr_scale, p.denoising_strength) == (2, 3, True, 1.5, 0.4)
     assert p.override_settings == {"CLIP_stop_at_last_layers": 2}
-    assert p.do_not_save_samples and p.do_not_save_grid
+    assert not p.do_not_save_samples and not p.do_not_save_grid  # saved where txt2img saves, as the WebUI says
+    quiet = host.processing_object(GenParams(extra={"save_images": False}))
+    assert quiet.do_not_save_samples and quiet.do_not_save_grid
     assert p.scripts is runner and p.script_args == [1, 2]
     out = host.generate(P)
     assert out.infotexts[0].endswith("Model: merge, SuperMerger ID: 4")

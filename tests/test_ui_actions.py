@@ -118,3 +118,29 @@ def test_stop_interrupts_a_merge(ctx):
     _, _, status = run_action(ctx, True, False, form(alpha=0.7), gen(), progress=press_stop)
     assert status.splitlines()[-1] == "Error: The merge was stopped; nothing was written."
     assert ctx.host.model_name == before  # the live model is still the previous merge
+
+
+def test_generated_images_are_saved_with_their_infotext(models, tmp_path):
+    from PIL import Image
+
+    from supermerger.ui.actions import run_action
+    from supermerger.ui.context import UIContext
+
+    class ImageHost(MemoryHost):
+        def generate(self, params):
+            out = super().generate(params)
+            level = int(round(255 * min(max(out.images[0] + 0.5, 0.0), 1.0)))
+            images = [Image.new("RGB", (8, 8), (level, k, 0)) for k in range(2)]
+            return Generated(images, [out.infotexts[0], out.infotexts[0] + " (2)"], [params.seed, params.seed + 1])
+
+    files = {"A.safetensors": models[("sd1", "A")], "B.safetensors": models[("sd1", "B")]}
+    folder = tmp_path / "images"
+    folder.mkdir()
+    (folder / "00007-1.png").write_bytes(b"")  # an earlier image: numbering goes on from it
+    ctx = UIContext(ImageHost(files), images_dir=folder)
+    _, info, status = run_action(ctx, True, True, form(alpha=0.3), gen(seed=11))
+    assert status.splitlines()[-1] == f"Images saved in {folder} (00008-11.png ... 00009-12.png)."
+    saved = Image.open(folder / "00008-11.png")
+    assert saved.info["parameters"] == info and info.startswith("cat\nSteps: 3, Model: ")
+    assert Image.open(folder / "00009-12.png").getpixel((0, 0))[1] == 1
+    assert Image.open(folder / "00009-12.png").info["parameters"] == info + " (2)"

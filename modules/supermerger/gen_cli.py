@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
-import re
 import sys
 import textwrap
 import time
@@ -154,15 +153,10 @@ def _outdir(args) -> Path:
     return folder
 
 
-def _next_number(folder: Path) -> int:
-    numbers = [int(m.group(1)) for p in folder.glob("*.png") if (m := re.match(r"(\d+)-", p.name))]
-    return max(numbers, default=-1) + 1
-
-
 def _merge_and_generate(recipe, params, args, *, device: str):
     """Merge into a fresh standalone host, generate, write the PNGs; returns (result, paths, seconds)."""
     from .hosts.diffusers_host import DiffusersHost
-    from .hosts.mergeinfo import draw_id, save_png
+    from .hosts.mergeinfo import draw_id, save_images
 
     dtype = "float16" if device.startswith("cuda") else "float32"
     host = DiffusersHost(device=device, dtype=dtype, cache=False)
@@ -170,13 +164,10 @@ def _merge_and_generate(recipe, params, args, *, device: str):
     result = host.merge_and_load(recipe, history=not args.no_history)
     t_merge = time.perf_counter() - t0
     gen = host.generate(params)
-    folder = _outdir(args)
-    n = _next_number(folder)
-    written = []
-    for i, (image, info, seed) in enumerate(zip(gen.images, gen.infotexts, gen.seeds)):
-        if args.draw_id and result.history_id is not None:
-            image = draw_id(image, result.history_id)
-        written.append(save_png(image, folder / f"{n + i:05d}-{seed}.png", info))
+    images = gen.images
+    if args.draw_id and result.history_id is not None:
+        images = [draw_id(image, result.history_id) for image in images]
+    written = save_images(_outdir(args), images, gen.infotexts, gen.seeds)
     return result, written, (t_merge, gen.seconds)
 
 

@@ -82,3 +82,23 @@ def save_png(image, path: str | os.PathLike, infotext: str) -> Path:
     path = Path(path)
     image.save(path, format="PNG", pnginfo=info)
     return path
+
+
+def next_image_number(folder: str | os.PathLike) -> int:
+    """The number of the next image in ``folder`` (files are ``NNNNN-SEED.png``, as the WebUI names them)."""
+    import re
+    from pathlib import Path
+
+    numbers = [int(m.group(1)) for p in Path(folder).glob("*.png") if (m := re.match(r"(\d+)-", p.name))]
+    return max(numbers, default=-1) + 1
+
+
+def save_images(folder: str | os.PathLike, images, infotexts, seeds) -> list:
+    """Write generated images as ``NNNNN-SEED.png`` (numbering on from the folder's last) with their infotexts."""
+    from pathlib import Path
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    n = next_image_number(folder)
+    return [save_png(image, folder / f"{n + i:05d}-{seed}.png", info)
+            for i, (image, info, seed) in enumerate(zip(images, infotexts, seeds))]

@@ -42,12 +42,26 @@ def run_action(ctx: UIContext, do_merge: bool, do_gen: bool, merge_values, gen_v
                 images = list(zip(out.images, [f"seed {s}" for s in out.seeds])) if out.seeds else out.images
                 info = out.infotexts[0] if out.infotexts else ""
                 ctx.last_infotexts = list(out.infotexts)
+                if ctx.images_dir is not None and out.images:
+                    lines.append(save_generated(ctx, out))
     except SuperMergerError as e:
         lines.append("Error: " + ctx.message(e))
     except Exception as e:  # noqa: BLE001 - a bug: logged with its traceback, shown as one line
         log.exception("SuperMerger action failed")
         lines.append("Error: " + ctx.message(e))
     return images, info, "\n".join([status_text(ctx)] + lines)
+
+
+def save_generated(ctx: UIContext, out) -> str:
+    """Write the images to ``ctx.images_dir`` (PNG with infotext); the status line that says where."""
+    from ..hosts.mergeinfo import save_images
+
+    try:
+        written = save_images(ctx.images_dir, out.images, out.infotexts, out.seeds or [0] * len(out.images))
+    except OSError as e:
+        return f"Notice: the images could not be saved in {ctx.images_dir}: {e.strerror or e}."
+    names = written[0].name if len(written) == 1 else f"{written[0].name} ... {written[-1].name}"
+    return f"Images saved in {ctx.images_dir} ({names})."
 
 
 def merge_now(ctx: UIContext, values, progress=None) -> list[str]:

@@ -22,12 +22,15 @@ from . import forms
 class UIContext:
     def __init__(self, host: Host, *, gen_defaults: GenParams | None = None, device: str = "cpu",
                  output_dir: str | os.PathLike | None = None, demo: bool = False,
+                 images_dir: str | os.PathLike | None = None,
                  gen_defaults_fn: Callable[[], GenParams] | None = None,
                  samplers_fn: Callable[[], list[str]] | None = None,
                  vae_path_fn: Callable[[str], str] | None = None):
         self.host = host
         self.device = device
         self.output_dir = Path(output_dir) if output_dir else None
+        # where generated images are written (standalone); None where the host saves them (the WebUI)
+        self.images_dir = Path(images_dir) if images_dir else None
         self.demo = demo  # the standalone app offers the built-in demo models
         self._gen_defaults = gen_defaults or GenParams()
         self._gen_defaults_fn = gen_defaults_fn

@@ -20,13 +20,16 @@ def add_parser(sub) -> None:
     p.add_argument("--vae-dir", metavar="DIR", help="folder of VAEs for 'Bake in VAE'")
     p.add_argument("--lora-dir", metavar="DIR", help="folder of LoRAs")
     p.add_argument("--output-dir", metavar="DIR", help="where saved merges go (default: the models folder)")
+    p.add_argument("--images-dir", metavar="DIR", help="where generated images are written (default: outputs "
+                   "in the data folder, as `supermerger gen`)")
     p.add_argument("--listen", action="store_true", help="listen on every network interface (0.0.0.0), "
                    "not only 127.0.0.1: anyone who can reach this machine can use the app")
     p.add_argument("--port", type=int, default=None, help="port (default: Gradio's, 7860 or the next free one)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (merging and generating)")
 
 
-def make_context(models_dir=None, *, vae_dir=None, lora_dir=None, output_dir=None, device: str = "cpu"):
+def make_context(models_dir=None, *, vae_dir=None, lora_dir=None, output_dir=None, images_dir=None,
+                 device: str = "cpu"):
     """The UIContext of the standalone app (on a DiffusersHost)."""
     from ..errors import SuperMergerError
     from ..hosts.base import GenParams
@@ -45,7 +48,10 @@ def make_context(models_dir=None, *, vae_dir=None, lora_dir=None, output_dir=Non
     dtype = "float32" if device == "cpu" else "float16"
     host = DiffusersHost(models_dir, vae_dir=vae_dir, lora_dir=lora_dir, device=device, dtype=dtype)
     defaults = GenParams(**DEMO_PARAMS) if demo else GenParams()
-    return UIContext(host, gen_defaults=defaults, device=device, output_dir=output_dir or models_dir, demo=demo)
+    from ..paths import data_dir
+
+    return UIContext(host, gen_defaults=defaults, device=device, output_dir=output_dir or models_dir, demo=demo,
+                     images_dir=images_dir or data_dir() / "outputs")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -62,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     from .app import create_app, launch
 
     ctx = make_context(args.models_dir, vae_dir=args.vae_dir, lora_dir=args.lora_dir,
-                       output_dir=args.output_dir, device=args.device)
+                       output_dir=args.output_dir, images_dir=args.images_dir, device=args.device)
     app = create_app(ctx)
     host = "0.0.0.0" if args.listen else "127.0.0.1"
     print(f"SuperMerger UI on http://{host}:{args.port or 7860} (Ctrl+C to stop)")
