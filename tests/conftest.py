@@ -35,3 +35,12 @@ def models(tmp_path_factory):
     out[("sd1", "inpaint")] = write_checkpoint(root / "sd1_inpaint.safetensors", "sd1", seed=4, in_channels=9)
     out[("sd1", "ckpt")] = write_checkpoint(root / "sd1_B.ckpt", "sd1", seed=2)
     return out
+
+
+@pytest.fixture
+def app_url():
+    """The standalone app on the demo models, served on a free port: (url, its UIContext)."""
+    from browser import serve_app
+
+    with serve_app() as served:
+        yield served
