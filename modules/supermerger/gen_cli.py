@@ -171,11 +171,11 @@ def _merge_and_generate(recipe, params, args, *, device: str):
     return result, written, (t_merge, gen.seconds)
 
 
-def cmd_gen(args) -> int:
+def recipe_and_params(args):
+    """The recipe and the image parameters of `gen`-like options; the demo models (and images sized
+    for them) when no model is named."""
     from .cli import _demo_models, _recipe_from_args
-    from .api import plan_merge
 
-    check_standalone()
     params = _image_params(args)
     recipe = _recipe_from_args(args)
     if not recipe.model_a and not recipe.model_b and not args.recipe and not args.recipe_from \
@@ -184,8 +184,19 @@ def cmd_gen(args) -> int:
         recipe = recipe.replace(model_a=a, model_b=b)
         print(f"No models given: using the built-in demo models (tiny, random weights: the images are noise)\n"
               f"  {a}\n  {b}")
+        if (params.width, params.height, params.steps) == (512, 512, 20):  # the defaults, sized for real models
+            params = params.with_(width=128, height=128, steps=4)
+            print("  images 128x128, 4 steps, as `supermerger demo` (give --width/--height/--steps to change)")
     elif args.from_history is None:
         recipe = _find_in_dirs(recipe, args.models_dir)
+    return recipe, params
+
+
+def cmd_gen(args) -> int:
+    from .api import plan_merge
+
+    check_standalone()
+    recipe, params = recipe_and_params(args)
     plan = plan_merge(recipe)
     recipe = plan.recipe  # with the seed drawn for random ratios
     for s in plan.sources.values():

@@ -118,23 +118,10 @@ def _none():
 
 def _settings(args):
     """(plot, recipe, params) from the options; the demo models when no model is named."""
-    from ..cli import _demo_models, _recipe_from_args
-    from ..gen_cli import _find_in_dirs, _image_params
+    from ..gen_cli import recipe_and_params
 
-    params = _image_params(args)
-    recipe = _recipe_from_args(args)
-    plot = plot_from_args(args)
-    if not recipe.model_a and not recipe.model_b and not args.recipe and not args.recipe_from \
-            and args.from_history is None:
-        a, b = _demo_models()
-        recipe = recipe.replace(model_a=a, model_b=b)
-        print(f"No models given: using the built-in demo models (tiny, random weights: the images are noise)\n"
-              f"  {a}\n  {b}")
-        if (params.width, params.height, params.steps) == (512, 512, 20):  # the defaults, sized for real models
-            params = params.with_(width=128, height=128, steps=4)
-            print("  images 128x128, 4 steps, as `supermerger demo` (give --width/--height/--steps to change)")
-    elif args.from_history is None:
-        recipe = _find_in_dirs(recipe, args.models_dir)
+    plot = plot_from_args(args)  # a malformed axis fails first
+    recipe, params = recipe_and_params(args)
     return plot, recipe, params
 
 
