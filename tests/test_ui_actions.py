@@ -144,3 +144,12 @@ def test_generated_images_are_saved_with_their_infotext(models, tmp_path):
     assert saved.info["parameters"] == info and info.startswith("cat\nSteps: 3, Model: ")
     assert Image.open(folder / "00009-12.png").getpixel((0, 0))[1] == 1
     assert Image.open(folder / "00009-12.png").info["parameters"] == info + " (2)"
+
+    # "draw the merge ID on the images": a white label top left on the shown and the saved images
+    images, _, status = run_action(ctx, False, True, form(), gen(seed=11), draw_id=True)
+    labelled = images[0][0]
+    assert labelled.getpixel((0, 0)) == (255, 255, 255) and labelled.size == (8, 8)
+    assert status.splitlines()[-1].endswith("(00010-11.png ... 00011-12.png).")
+    assert Image.open(folder / "00010-11.png").getpixel((0, 0)) == (255, 255, 255)
+    plain, _, _ = run_action(ctx, False, True, form(), gen(seed=11))
+    assert plain[0][0].getpixel((0, 0)) != (255, 255, 255)

@@ -22,9 +22,11 @@ def status_text(ctx: UIContext) -> str:
     return f"Current model: {name}" + (f" · ID {hid}" if hid is not None else " · No ID")
 
 
-def run_action(ctx: UIContext, do_merge: bool, do_gen: bool, merge_values, gen_values, progress=None):
+def run_action(ctx: UIContext, do_merge: bool, do_gen: bool, merge_values, gen_values, progress=None,
+               draw_id: bool = False):
     """Merge and/or generate; returns (gallery, infotext, status) for the Merge tab's outputs. Errors
-    become the status's last line (a SuperMergerError as its message; a bug as one line, logged)."""
+    become the status's last line (a SuperMergerError as its message; a bug as one line, logged).
+    ``draw_id``: write the live merge's history ID on the images (top left), as well as in their infotext."""
     lines = []
     images, info = compat.update(), compat.update()
     try:
@@ -39,6 +41,11 @@ def run_action(ctx: UIContext, do_merge: bool, do_gen: bool, merge_values, gen_v
 
                     params = params.with_(extra={**params.extra, "progress": report})
                 out = ctx.host.generate(params)
+                hid = getattr(ctx.last_result, "history_id", None)
+                if draw_id and hid is not None and ctx.host.model_name:
+                    from ..hosts.mergeinfo import draw_id as draw
+
+                    out.images = [draw(image, hid) for image in out.images]
                 images = list(zip(out.images, [f"seed {s}" for s in out.seeds])) if out.seeds else out.images
                 info = out.infotexts[0] if out.infotexts else ""
                 ctx.last_infotexts = list(out.infotexts)

@@ -265,6 +265,9 @@ def _gen_section(ctx: UIContext) -> dict:
             g["hr_second_pass_steps"] = gr.Slider(0, 150, value=d.hr_second_pass_steps, step=1, label="Hires steps")
             g["denoising_strength"] = gr.Slider(0.0, 1.0, value=d.denoising_strength, step=0.01,
                                                 label="Denoising strength")
+        # not a generation parameter: the action draws the ID after generating (the infotext always has it)
+        ctx.components["merge.draw_id"] = gr.Checkbox(False, label="draw the merge ID on the images",
+                                                      elem_id="supermerger_draw_id")
     return g
 
 
@@ -407,12 +410,13 @@ def _wire_mbw(comps, arch_state, sliders, preset, set_a, set_b, read_a, read_b, 
 
 
 def _wire_actions(ctx: UIContext, merge_btn, gen_btn, merge_gen_btn, stop_btn, save_current, comps):
-    n_merge = len(ctx.merge_inputs)
-    inputs = ctx.merge_inputs + ctx.gen_inputs
+    n_merge, n_gen = len(ctx.merge_inputs), len(ctx.gen_inputs)
+    inputs = ctx.merge_inputs + ctx.gen_inputs + [ctx.components["merge.draw_id"]]
     outputs = [ctx.gallery, ctx.infotext, ctx.status]
 
     def run(do_merge: bool, do_gen: bool, values, progress):
-        return run_action(ctx, do_merge, do_gen, values[:n_merge], values[n_merge:], progress)
+        return run_action(ctx, do_merge, do_gen, values[:n_merge], values[n_merge:n_merge + n_gen], progress,
+                          draw_id=bool(values[n_merge + n_gen]))
 
     def do_merge(*values, progress=gr.Progress()):
         return run(True, False, values, progress)
