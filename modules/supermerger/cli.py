@@ -344,6 +344,8 @@ def cmd_blocks(args) -> int:
     archs = [archmod.get(args.arch)] if args.arch else list(archmod.architectures().values())
     for a in archs:
         print(f"{a.id:<5} {a.label:<7} {a.n_blocks} blocks: {' '.join(a.blocks)}")
+        if a.fine_blocks:
+            print(f"{'':<5} {'':<7} {len(a.fine_blocks)} extended: {' '.join(a.fine_blocks)}")
     return 0
 
 

@@ -51,6 +51,9 @@ class Architecture:
     drop_on_save: tuple[str, ...] = ()
     from_26: tuple[str, ...] | None = None
     clip_position_ids: str | None = None
+    fine_blocks: tuple[str, ...] = ()  # SDXL's 110 "extended XL" IDs (first = the base value)
+    fine_prefixes: Mapping[str, str] = field(default_factory=dict)
+    fine_base_slots: frozenset[str] = frozenset()  # slots listed but not honoured: they take the base value
     raw: Mapping = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -64,6 +67,16 @@ class Architecture:
             if block is not None:
                 return block
         return self.default_block
+
+    def fine_of(self, key: str) -> str | None:
+        """The extended-XL ID of a key (``IN715``, ``MID10``, ``OUT9``, ``TIME``...), or None
+        when the architecture has no fine table or the key lies outside it (it takes the base value)."""
+        if not self.fine_blocks:
+            return None
+        for prefix, fine in self.fine_prefixes.items():
+            if key.startswith(prefix):
+                return fine
+        return fine_unet_id(key)
 
     def component_of(self, key: str) -> str | None:
         """'unet', 'text_encoder', 'vae' or None (buffers, EMA, anything else)."""
@@ -89,6 +102,28 @@ class Architecture:
         )
 
 
+_FINE_UNET = re.compile(r"^model\.diffusion_model\.(input_blocks|middle_block|output_blocks)\.(\d+)\.?"
+                        r"(?:(\d+)\.)?(?:.*?transformer_blocks\.(\d+)\.)?")
+_FINE_PART = {"input_blocks": "IN", "middle_block": "MID", "output_blocks": "OUT"}
+
+
+def fine_unet_id(key: str) -> str | None:
+    """The extended-XL naming rule (spec §3.2): part + block index + sub-module index, plus the
+    transformer-block index inside ``transformer_blocks.K``: ``input_blocks.7.1.transformer_blocks.5.*``
+    is ``IN715``. The middle block has no sub-modules, so ``middle_block.M`` is ``MID<M>0``."""
+    m = _FINE_UNET.match(key)
+    if m is None:
+        return None
+    part, first, second, tb = m.groups()
+    if part == "middle_block":
+        block, sub = first, "0"
+    else:
+        if second is None:
+            return None
+        block, sub = first, second
+    return f"{_FINE_PART[part]}{block}{sub}{tb if tb is not None else ''}"
+
+
 def _architecture_from(data: dict) -> Architecture:
     return Architecture(
         id=data["id"],
@@ -104,6 +139,9 @@ def _architecture_from(data: dict) -> Architecture:
         drop_on_save=tuple(data.get("drop_on_save", ())),
         from_26=tuple(data["from_26"]) if data.get("from_26") else None,
         clip_position_ids=data.get("clip_position_ids"),
+        fine_blocks=tuple(data.get("fine_blocks", ())),
+        fine_prefixes=dict(data.get("fine_prefixes", {})),
+        fine_base_slots=frozenset(data.get("fine_base_slots", ())),
         raw=data,
     )
 

@@ -70,4 +70,7 @@ def block_names(arch_id: str, n: int) -> tuple[str, ...]:
     for a in archs.values():
         if a.n_blocks == n:
             return a.blocks
+    for a in archs.values():
+        if a.fine_blocks and len(a.fine_blocks) == n:
+            return a.fine_blocks
     return tuple(str(i) for i in range(n))

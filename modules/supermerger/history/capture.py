@@ -24,6 +24,7 @@ from ..io.hashing import BackgroundHash
 from ..merge import adjust as adjustmod
 from ..merge.plan import MergePlan
 from ..merge.recipe import Recipe
+from ..merge.weights import fine_slot, is_fine
 from .record import ModelRef, Record
 
 _FIELDS = {"A": "model_a", "B": "model_b", "C": "model_c", "VAE": "bake_vae"}
@@ -104,16 +105,17 @@ def effective_weights(plan: MergePlan) -> tuple[tuple[float, ...] | None, tuple[
     uses_beta = plan.mode.uses_beta or plan.calcmode.uses_beta
     if plan.key_filter is None:
         return plan.block_alpha, plan.block_beta if uses_beta else None
-    blocks = plan.arch.blocks
+    fine = is_fine(plan.block_alpha, plan.arch) or is_fine(plan.block_beta, plan.arch)
+    blocks = plan.arch.fine_blocks if fine else plan.arch.blocks
     alpha = plan.block_alpha or (plan.recipe.alpha,) * len(blocks)
     beta = plan.block_beta or ((plan.recipe.beta,) * len(blocks) if uses_beta else None)
-    skipped = skipped_blocks(plan)
+    skipped = skipped_blocks(plan, fine)
     zero = lambda ws: tuple(0.0 if b in skipped else w for b, w in zip(blocks, ws))  # noqa: E731
     return zero(alpha), zero(beta) if beta is not None else None
 
 
-def skipped_blocks(plan: MergePlan) -> set[str]:
-    """Blocks whose every mergeable key include/exclude kept from model A."""
+def skipped_blocks(plan: MergePlan, fine: bool = False) -> set[str]:
+    """Blocks (with ``fine``: extended-XL slots) whose every mergeable key include/exclude kept from model A."""
     kf = plan.key_filter
     if kf is None:
         return set()
@@ -123,10 +125,11 @@ def skipped_blocks(plan: MergePlan) -> set[str]:
     for t in plan.tasks:
         if t.block is None or not ("model" in t.key and ("weight" in t.key or "bias" in t.key)):
             continue
+        label = fine_slot(plan.arch, t.key) if fine else t.block
         if t.op == "merge" or "(ratio gives" in t.why:
-            merged.add(t.block)
+            merged.add(label)
         elif not kf.merges(t.key, t.block, plan.arch.component_of(t.key), t.key in adjust_keys)[0]:
-            filtered.add(t.block)
+            filtered.add(label)
     return filtered - merged
 
 

@@ -27,7 +27,7 @@ from .modes import MergeMode, get_mode
 from .naming import merged_name
 from .recipe import Recipe
 from .seeds import draw_seed
-from .weights import format_weights, has_random, list_names, parse_weights, weight_items
+from .weights import fine_ratio, format_weights, has_random, is_fine, list_names, parse_weights, weight_items
 
 DTYPE_CODES = {"fp16": "F16", "bf16": "BF16", "fp32": "F32"}
 INPAINT_KEY = "model.diffusion_model.input_blocks.0.0.weight"
@@ -277,9 +277,8 @@ def build_plan(recipe: Recipe, sources: Mapping[str, Source], presets: Mapping[s
         if mismatches and mismatches[-1].startswith(key + ":"):
             continue
 
-        alpha = block_alpha[arch.block_index(block)] if block_alpha is not None else recipe.alpha
-        beta = block_beta[arch.block_index(block)] if block_beta is not None else recipe.beta
-        why = f"weights alpha {block}" if block_alpha is not None else "alpha"
+        alpha, why = _block_ratio(block_alpha, arch, key, block, recipe.alpha, "alpha")
+        beta, _ = _block_ratio(block_beta, arch, key, block, recipe.beta, "beta")
         entry = resolve(entries, key, block) if entries else None
         if entry is not None:
             alpha = dice.element_ratio(entry.random_token, key, block) if entry.random_token else float(entry.ratio)
@@ -345,6 +344,16 @@ def build_plan(recipe: Recipe, sources: Mapping[str, Source], presets: Mapping[s
                      tasks, name, block_alpha, block_beta, entries, key_filter, notices, variant)
 
 
+def _block_ratio(weights, arch: Architecture, key: str, block: str, plain: float, what: str) -> tuple[float, str]:
+    """A key's ratio from block weights (20/26: by block; 110 extended XL: by sub-module) or the plain ratio."""
+    if weights is None:
+        return plain, what
+    if is_fine(weights, arch):
+        value, slot = fine_ratio(weights, arch, key)
+        return value, f"weights {what} {slot}"
+    return weights[arch.block_index(block)], f"weights {what} {block}"
+
+
 def _ratios(recipe: Recipe, arch: Architecture, calcmode: CalcMode, presets: Mapping[str, str], notices: list[str]):
     """Block weights and elemental entries, with the dice rolled where the recipe asks for chance.
 
@@ -373,6 +382,10 @@ def _ratios(recipe: Recipe, arch: Architecture, calcmode: CalcMode, presets: Map
     weights: dict[str, tuple[float, ...] | None] = {}
     for what in ("alpha", "beta"):
         values = items[what]
+        if has_random(values) and arch.fine_blocks and len(values) == len(arch.fine_blocks):
+            raise RecipeError(f"Weights {what}: random tokens (R, U, X, ...) work with the {arch.n_blocks}-value "
+                              f"list, not with the {len(values)}-value extended list.",
+                              f"Give numbers in the extended list, or use {arch.n_blocks} values for the dice roll.")
         if has_random(values):
             values, elements = dice.resolve_list(values, list_names(len(values), arch, what), what)
             if elements and what == "beta":

@@ -2,7 +2,8 @@
 
 The first value is BASE (text encoder, VAE and anything outside the U-Net). SD1/SD2 take
 26 values, SDXL 20; a 26-value list given for SDXL keeps BASE, IN00-IN08, M00 and
-OUT00-OUT08 (the rule of the original, so SD1 presets work on SDXL).
+OUT00-OUT08 (the rule of the original, so SD1 presets work on SDXL). SDXL also takes the
+original's 110-value "extended XL" list, one value per sub-module (``fine_ratio``).
 
 A list may hold the dice-roll tokens (R, U, X, D, ER, EU, EX); ``merge.dice`` replaces them by
 numbers (with the recipe's seed) before ``parse_weights`` reads the list.
@@ -58,19 +59,46 @@ def has_random(items: Sequence[str] | None) -> bool:
 
 
 def list_names(n: int, arch: Architecture, what: str = "alpha") -> tuple[str, ...]:
-    """The block each position of an ``n``-value list stands for (``arch``'s own, or SD1's 26)."""
+    """The block each position of an ``n``-value list stands for (``arch``'s own, SD1's 26, or
+    SDXL's 110 extended IDs)."""
     if n == 0:
         raise RecipeError(f"Weights {what} are empty: give {arch.n_blocks} comma-separated values or a preset name.")
     if n == arch.n_blocks:
         return arch.blocks
     if n == 26 and arch.from_26:
         return architectures()["sd1"].blocks
-    valid_lengths = sorted({a.n_blocks for a in architectures().values()} | {26})
-    lengths = f"{arch.n_blocks}" + (" or 26 (converted)" if arch.from_26 else "")
+    if arch.fine_blocks and n == len(arch.fine_blocks):
+        return arch.fine_blocks
+    valid_lengths = sorted({a.n_blocks for a in architectures().values()} | {26}
+                           | {len(a.fine_blocks) for a in architectures().values() if a.fine_blocks})
+    lengths = f"{arch.n_blocks}" + (" or 26 (converted)" if arch.from_26 else "") + \
+        (f" or {len(arch.fine_blocks)} (extended)" if arch.fine_blocks else "")
     raise RecipeError(
         f"Weights {what} have {n} values, but {arch.label} needs {lengths}: "
         f"{', '.join(arch.blocks[:3])}, ..., {arch.blocks[-1]}.",
-        "Valid list lengths: " + ", ".join(map(str, valid_lengths)) + " (20 = SDXL, 26 = SD1/SD2).")
+        "Valid list lengths: " + ", ".join(map(str, valid_lengths)) +
+        " (20 = SDXL, 26 = SD1/SD2, 110 = extended SDXL).")
+
+
+def is_fine(weights: Sequence[float] | None, arch: Architecture) -> bool:
+    """Whether parsed weights are per extended-XL ID (110) rather than per block."""
+    return weights is not None and bool(arch.fine_blocks) and len(weights) == len(arch.fine_blocks) \
+        and len(weights) != arch.n_blocks
+
+
+def fine_slot(arch: Architecture, key: str) -> str:
+    """The slot of a 110-value extended-XL list that sets ``key``'s ratio. CLIP-L, the VAE and keys
+    outside the table take the base value (slot 0, CLIPL); the VAE slot is listed but not honoured."""
+    fine = arch.fine_of(key)
+    if fine is None or fine in arch.fine_base_slots or fine not in arch.fine_blocks:
+        return arch.fine_blocks[0]
+    return fine
+
+
+def fine_ratio(weights: Sequence[float], arch: Architecture, key: str) -> tuple[float, str]:
+    """The ratio of ``key`` from 110 extended-XL weights, and the slot it came from."""
+    slot = fine_slot(arch, key)
+    return weights[arch.fine_blocks.index(slot)], slot
 
 
 def parse_weights(spec: str | Sequence[float], arch: Architecture, presets: Mapping[str, str],
@@ -88,7 +116,7 @@ def parse_weights(spec: str | Sequence[float], arch: Architecture, presets: Mapp
             raise RecipeError(f"Weights {what}, value {pos} ({name}) is {item!r}, not a number.",
                               "Use a decimal number such as 0.5 (a dot, not a comma, as decimal separator).")
         values[name] = float(item)
-    return tuple(values[b] for b in arch.blocks)
+    return tuple(values[b] for b in (arch.fine_blocks if names == arch.fine_blocks else arch.blocks))
 
 
 def format_weights(weights: Sequence[float]) -> str:

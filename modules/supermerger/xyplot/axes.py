@@ -299,7 +299,11 @@ def _base_block_weights(state: CellState, what: str) -> list[float]:
     items = weight_items(spec, state.presets, what)
     if any(i.strip().upper() in RANDOM_TOKENS for i in items):
         raise XYZError(f"pinpoint blocks: the weights {what} hold random tokens ({spec}); pinpointing needs numbers.")
-    return list(parse_weights(items, state.arch, state.presets, what))
+    weights = list(parse_weights(items, state.arch, state.presets, what))
+    if len(weights) != state.arch.n_blocks:
+        raise XYZError(f"pinpoint blocks: the weights {what} are a {len(weights)}-value extended list; pinpointing "
+                       f"blocks needs the {state.arch.n_blocks}-value list (or no MBW).")
+    return weights
 
 
 def _apply_pinpoint_blocks(state: CellState, blocks: tuple[str, ...]) -> None:
