@@ -159,3 +159,10 @@ def test_cli_blocks_lists_the_extended_ids(capsys):
     assert main(["blocks", "--arch", "sdxl"]) == 0
     line = [ln for ln in capsys.readouterr().out.splitlines() if "110 extended" in ln]
     assert len(line) == 1 and line[0].split(":", 1)[1].split() == EXTENDED
+
+
+def test_ui_read_into_sliders_says_the_110_list_has_no_sliders():
+    from supermerger.ui import mbw
+
+    with pytest.raises(RecipeError, match="110-value extended SDXL list"):
+        mbw.text_to_sliders(",".join(map(str, VALUES)), "sdxl", {}, [0.5] * 26)

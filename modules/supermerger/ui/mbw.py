@@ -36,7 +36,11 @@ def text_to_sliders(text: str, arch_id: str, presets: Mapping[str, str], current
     """Slider values from a weight list or preset name; random tokens read as 0 (as the original);
     sliders the list does not cover keep ``current``."""
     items = weight_items(text, presets, "alpha")
-    names = list_names(len(items), archmod.get(arch_id), "alpha")
+    arch = archmod.get(arch_id)
+    names = list_names(len(items), arch, "alpha")
+    if arch.fine_blocks and names == arch.fine_blocks:
+        raise RecipeError(f"This is a {len(items)}-value extended {arch.label} list (one value per sub-module): "
+                          "it has no sliders; it merges as written in the text box.")
     out = dict(zip(SLIDER_BLOCKS, (float(v) for v in current)))
     for pos, (name, item) in enumerate(zip(names, items), 1):
         if item.upper() in RANDOM_TOKENS:
