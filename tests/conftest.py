@@ -44,3 +44,14 @@ def app_url():
 
     with serve_app() as served:
         yield served
+
+
+@pytest.fixture
+def needs_vocabulary():
+    """Skips a test that generates when the CLIP vocabulary (from open-clip-torch) is missing."""
+    from supermerger.hosts import clip_tokenizer
+
+    try:
+        clip_tokenizer.find_bpe_file()
+    except Exception:  # pragma: no cover
+        pytest.skip("open-clip-torch (the CLIP vocabulary) is not installed: pip install --no-deps open-clip-torch")

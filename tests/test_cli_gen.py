@@ -12,14 +12,7 @@ from supermerger.cli import main
 pytest.importorskip("diffusers")
 
 
-@pytest.fixture(autouse=True)
-def _needs_vocabulary():
-    from supermerger.hosts import clip_tokenizer
-
-    try:
-        clip_tokenizer.find_bpe_file()
-    except Exception:  # pragma: no cover
-        pytest.skip("open-clip-torch (the CLIP vocabulary) is not installed")
+pytestmark = pytest.mark.usefixtures("needs_vocabulary")
 
 
 def test_demo_models_full_vocabulary_made_once_and_renewed(_isolated_data_dir):

@@ -13,14 +13,7 @@ pytest.importorskip("diffusers")
 IMAGE = ["--width", "64", "--height", "64", "--steps", "1", "--prompt", "a cat", "--seed", "5", "--sampler", "Euler"]
 
 
-@pytest.fixture(autouse=True)
-def _needs_vocabulary():
-    from supermerger.hosts import clip_tokenizer
-
-    try:
-        clip_tokenizer.find_bpe_file()
-    except Exception:  # pragma: no cover
-        pytest.skip("open-clip-torch (the CLIP vocabulary) is not installed")
+pytestmark = pytest.mark.usefixtures("needs_vocabulary")
 
 
 @pytest.fixture(scope="module")

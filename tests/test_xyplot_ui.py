@@ -13,14 +13,7 @@ from supermerger.ui import forms  # noqa: E402
 from supermerger.xyplot import Axis, ReservationQueue, XYZPlot  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _needs_vocabulary():
-    from supermerger.hosts import clip_tokenizer
-
-    try:
-        clip_tokenizer.find_bpe_file()
-    except Exception:  # pragma: no cover
-        pytest.skip("open-clip-torch (the CLIP vocabulary) is not installed")
+pytestmark = pytest.mark.usefixtures("needs_vocabulary")
 
 
 @pytest.fixture
