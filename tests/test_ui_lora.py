@@ -114,9 +114,12 @@ def test_merge_to_checkpoint_into_the_live_model_and_to_a_file(ctx):
     a = load_file(str(ctx.host.folder / "sd1_A.safetensors"))
     lora = ctx.host.lora_folder
     d_style, d_detail = delta(lora / "style.safetensors", K_LIN), delta(lora / "sub" / "detail.safetensors", K_LIN)
+    ctx.last_result, ctx.last_recipe = object(), object()  # as after a merge from the Merge tab
     msg = lora_tab.guarded(ctx, lora_tab.to_checkpoint, "style:0.5\nsub/detail:-1", "sd1_A.safetensors",
                            lora_tab.TARGETS[0], "", False)
     assert msg.startswith("Loaded sd1_A+style+detail as the live model") and "nothing was saved" in msg
+    # the live model is no longer that merge: its ID and recipe (Save current merge) are forgotten
+    assert ctx.last_result is None and ctx.last_recipe is None
     sd, name = ctx.host.loaded[-1]
     assert name == "sd1_A+style+detail"
     expected = a[LIN].float() + 0.5 * d_style - d_detail

@@ -71,7 +71,9 @@ def test_run_reserve_split_and_the_reservation_tab(app_ctx):
 
     ctx = app_ctx
     xyz = ["alpha", "0,1", "seed", "4|5", "none", "", []]
+    ctx.last_result, ctx.last_recipe = object(), object()  # as after a merge from the Merge tab
     items, text = xs.run_plot(ctx, xyz, merge_values(ctx, use_mbw=True, mbw_alpha="FLAT_25"), gen_values())
+    assert ctx.last_result is None and ctx.last_recipe is None  # the live model is a plot cell's merge now
     # the first part ran, the second was queued and ran right after (spec §6)
     assert "XYZ plot done: 2 of 2 cells" in text and "the others were queued" in text
     assert "Reservation 1: finished" in text and len(items) == 2
@@ -88,7 +90,9 @@ def test_run_reserve_split_and_the_reservation_tab(app_ctx):
     rows = reservation_tab.table_rows()
     assert [r[:4] for r in rows] == [["1", "finished", "alpha", "0,1"], ["2", "waiting", "calcmode", "normal,cosineQ"],
                                      ["3", "waiting", "seed", "1,2"]]
+    ctx.last_recipe = object()
     items, text = reservation_tab.start(ctx)
+    assert ctx.last_recipe is None
     assert "Reservation 2: error (X axis (calcmode), item 2 ('cosineQ')" in text
     assert "Reservation 3: finished" in text and len(items) == 2  # two single images ("not save grid")
     assert reservation_tab.delete(1) == "Deleted 1 reservation."

@@ -49,6 +49,13 @@ class UIContext:
         self.last_recipe: Recipe | None = None  # as merged (with the seed actually drawn)
         self.last_infotexts: list[str] = []  # of the images in the gallery
 
+    def live_model_replaced(self) -> None:
+        """Another tab (the XYZ plot, a reservation, a LoRA loaded into the model) replaced the live model:
+        it is no longer the Merge tab's last merge, so neither its ID nor its recipe (for "Save current
+        merge") may be shown or used for it."""
+        self.last_result = None
+        self.last_recipe = None
+
     # -- registering -------------------------------------------------------------------------
     def register(self, name: str, component):
         """Put ``component`` in the registry under ``name`` ("<tab>.<name>") and return it."""

@@ -205,6 +205,7 @@ def to_checkpoint(ctx: UIContext, spec_text: str, model: str, target: str, filen
         else:
             result = merge_to_checkpoint(path, items, None, device=ctx.device, lora_dirs=dirs, progress=progress)
             ctx.host.load_state_dict(result.state_dict, merged_name)
+            ctx.live_model_replaced()
             result.state_dict = None
             head = f"Loaded {merged_name} as the live model ({result.seconds:.1f} s); nothing was saved."
     applied = [f"{lo.name} ratio {lo.spec.ratio:g}: {lo.applied} modules" for lo in result.plan.loras]

@@ -435,7 +435,8 @@ def _wire_actions(ctx: UIContext, merge_btn, gen_btn, merge_gen_btn, stop_btn, s
     def do_save_current(*values):
         try:
             if ctx.last_recipe is None:
-                return status_text(ctx) + "\nNothing to save: merge first."
+                return status_text(ctx) + ("\nNothing to save: the live model is not a merge from this tab "
+                                           "(none yet, or the XYZ plot or the LoRA tab replaced it); merge first.")
             with ctx.lock:
                 path = save_merge(ctx, ctx.last_recipe, ctx.merge_values(values))
             return status_text(ctx) + f"\nMerged model saved in {path}"

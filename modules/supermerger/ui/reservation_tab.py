@@ -37,6 +37,7 @@ def start(ctx: UIContext, progress=None) -> tuple[list, str]:
     items, lines = [], []
     with ctx.lock:
         ctx.stop.clear()
+        ctx.live_model_replaced()  # each plot merges into the live model
         for entry in queue.run(plot_runner(ctx.host, output_folder(), stop=ctx.stop), stop=ctx.stop):
             lines.append(f"Reservation {entry.id}: {entry.status}" + (f" ({entry.error})" if entry.error else ""))
             items += _images_of(entry.outputs)

@@ -98,7 +98,7 @@ def run_plot(ctx: UIContext, xyz_values, merge_values, gen_values, progress=None
                 progress((i + 1) / n, desc=f"XYZ plot: cell {i + 1}/{n}")
 
         result = run(ctx.host, p, stop=ctx.stop, outdir=folder, on_cell=on_cell)
-        ctx.last_result = None  # the live model is the plot's last cell now
+        ctx.live_model_replaced()  # the live model is the plot's last cell now
         shown = result.grids or result.images
         items += [(im, f"grid {k + 1}") for k, im in enumerate(shown)]
         state = "stopped" if result.stopped else "done"
