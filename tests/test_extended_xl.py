@@ -166,3 +166,61 @@ def test_ui_read_into_sliders_says_the_110_list_has_no_sliders():
 
     with pytest.raises(RecipeError, match="110-value extended SDXL list"):
         mbw.text_to_sliders(",".join(map(str, VALUES)), "sdxl", {}, [0.5] * 26)
+
+
+# -- elemental with extended IDs ("use extended XL") ---------------------------------------------------
+
+def test_elemental_extended_ids_match_each_keys_sub_block(models):
+    A, B = load(models[("sdxl", "A")]), load(models[("sdxl", "B")])
+    text = "IN710 IN711:attn2:0.2\nOUT9::0.9\nMID101-MID103:ff:0.6,NOT IN810-IN819 OUT00-OUT9:norm:0.05"
+    r = Recipe(alpha=0.4, elemental=text, extended_xl=True, **_paths(models))
+    out = supermerger.merge(r).state_dict
+    order = EXTENDED
+    wide = set(order[order.index("IN810"):order.index("IN819") + 1]) | set(order[order.index("OUT00"):
+                                                                                order.index("OUT9") + 1])
+    hits = {0.2: 0, 0.9: 0, 0.6: 0, 0.05: 0}
+    for k in merged_keys(A):
+        slot = expected_slot(k)
+        want = 0.4
+        if slot in ("IN710", "IN711") and "attn2" in k:
+            want = 0.2
+        if slot == "OUT9":
+            want = 0.9
+        if slot in ("MID101", "MID102", "MID103") and "ff" in k:
+            want = 0.6
+        if slot not in wide and "norm" in k:  # NOT: every key outside those IDs (CLIP and VAE included)
+            want = 0.05
+        hits[want] = hits.get(want, 0) + 1
+        assert_close_dtype(out[k], (1 - want) * A[k].float() + want * B[k].float(), A[k].dtype, k)
+    assert all(hits[v] > 0 for v in (0.2, 0.9, 0.6, 0.05)), hits
+
+
+def test_elemental_extended_ids_errors_and_the_plain_ids_unchanged(models):
+    with pytest.raises(RecipeError) as e:
+        supermerger.plan_merge(Recipe(elemental="IN715::0.5", extended_xl=True, **_paths(models, "sd1")))
+    assert "extended XL" in str(e.value) and "SD1" in str(e.value)
+    with pytest.raises(RecipeError) as e:
+        supermerger.plan_merge(Recipe(elemental="IN7150::0.5", extended_xl=True, **_paths(models)))
+    assert "Unknown extended XL ID 'IN7150' in elemental entry 1" in str(e.value) and "IN715" in str(e.value)
+    with pytest.raises(RecipeError, match="Unknown block ID 'IN715'"):  # without the switch: the 20 blocks
+        supermerger.plan_merge(Recipe(elemental="IN715::0.5", **_paths(models)))
+    plan = supermerger.plan_merge(Recipe(elemental="IN07:attn2:0.3", **_paths(models)))
+    try:
+        assert any(t.why.startswith("elemental #1") for t in plan.tasks)
+    finally:
+        for s in plan.sources.values():
+            s.close()
+
+
+def test_cli_extended_xl_dry_run_counts_the_keys(models, capsys):
+    from supermerger.cli import main
+
+    p = _paths(models)
+    assert main(["merge", "-a", p["model_a"], "-b", p["model_b"], "--extended-xl", "--elemental", "IN715:attn2:0.5",
+                 "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    A = load(models[("sdxl", "A")])
+    n = sum(1 for k in merged_keys(A) if expected_slot(k) == "IN715" and "attn2" in k)
+    assert n > 0 and f"'IN715:attn2:0.5'" in out
+    line = next(line for line in out.splitlines() if line.strip().startswith("#1") and "IN715:attn2:0.5" in line)
+    assert line.split() == ["#1", "matches", str(n), "keys,", "decides", str(n), "'IN715:attn2:0.5'"], line

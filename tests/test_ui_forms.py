@@ -172,6 +172,28 @@ def test_elemental_live_check(models):
     assert forms.elemental_check("  ", recipe, plan_merge).startswith("No elemental entries")
 
 
+def test_elemental_live_check_with_extended_xl_ids(models):
+    import re
+
+    from supermerger.api import plan_merge
+
+    from helpers import load, merged_keys
+
+    a, b = str(models[("sdxl", "A")]), str(models[("sdxl", "B")])
+    keys = merged_keys(load(a))
+    n = sum(1 for k in keys if re.match(r"model\.diffusion_model\.input_blocks\.7\.1\..*transformer_blocks\.5\.", k)
+            and "attn2" in k)
+    recipe = Recipe(model_a=a, model_b=b, extended_xl=True)
+    text = forms.elemental_check("IN715:attn2:0.2", recipe, plan_merge)
+    assert n > 0 and text.splitlines()[1] == f"#1 'IN715:attn2:0.2': IN715, matches {n} keys, decides {n}"
+    values = forms.values_from_recipe(recipe)
+    assert values["extended_xl"] is True and forms.recipe_from_values(values).extended_xl is True
+    assert forms.elemental_check("IN715::1", Recipe(extended_xl=True), plan_merge, "sdxl").startswith(
+        "SDXL: 1 entry parsed")
+    assert forms.elemental_check("IN7150::1", recipe, plan_merge).startswith(
+        "Error: Unknown extended XL ID 'IN7150' in elemental entry 1")
+
+
 def test_mbw_sliders_text_and_helper():
     from supermerger.arch.presets import master_presets
 

@@ -56,8 +56,7 @@ def test_type_names_ids_and_original_labels():
     assert [t.index for t in AXIS_TYPES] == sorted(t.index for t in AXIS_TYPES)
     with pytest.raises(XYZError, match="(?s)'alpah'.*Did you mean 'alpha'"):
         axis_type("alpah")
-    with pytest.raises(XYZError, match="extended-XL"):
-        axis_type("pinpoint element ext")
+    assert axis_type("pinpoint element ext").index == 19
 
 
 # -- numbers, seeds ------------------------------------------------------------------------------------------------
@@ -188,6 +187,31 @@ def test_pinpoint_element_and_checker(models):
         cells(models, ("effective elemental checker", "OUT05:"), ("alpha", "0,1"))
     with pytest.raises(XYZError, match=r"pinpoint element\) needs an alpha axis"):
         cells(models, ("pinpoint element", "OUT05:"), ("beta", "0,1"))
+
+
+def test_pinpoint_element_ext_writes_extended_ids_and_turns_the_switch_on(models):
+    xl = archmod.get("sdxl")
+    assert [v.data for v in parse("pinpoint element ext", "IN715:attn2,MID10:,OUT9:", arch=xl)] == \
+        ["IN715:attn2", "MID10:", "OUT9:"]
+    bad("pinpoint element ext", "IN715:attn2,IN7150:", "item 2 ('IN7150:')", "Unknown extended XL ID 'IN7150'",
+        arch=xl)
+    bad("pinpoint element ext", "IN715:", "item 1", "SD1.x has none")  # SD1: no extended IDs
+    msg = bad("pinpoint element ext", "IN715:", "block names", arch=xl, recipe=Recipe(elemental="IN07::0.2"))
+    assert "use extended XL" in msg
+    cs = cells(models, ("pinpoint element ext", "IN715:attn2,OUT9:"), ("alpha", "0.25"), arch_name="sdxl")
+    assert [c.recipe.elemental for c in cs] == ["IN715:attn2:0.25", "OUT9::0.25"]
+    assert all(c.recipe.extended_xl for c in cs)
+    from supermerger.xyplot.plan import expand_all
+
+    everything = expand_all(XYZPlot(x=Axis("pinpoint element ext", "ALL")), xl, Recipe()).x.values
+    first, second = everything.split("|")
+    ids = [item[:-1] for item in (first + "," + second).split(",")]
+    assert first.startswith("CLIPL:,CLIPG:,IN00:") and second.startswith("MID00:,MID10:")
+    assert len(ids) == 109 and "IN0" not in ids and ids[-1] == "VAE"  # IN0 is listed but never produced
+    # the elemental axis checks its text with the recipe's switch
+    assert [v.data for v in parse("elemental", "IN715::0.5", arch=xl, recipe=Recipe(extended_xl=True))] == \
+        ["IN715::0.5"]
+    bad("elemental", "IN715::0.5", "Unknown block ID 'IN715'", arch=xl)
 
 
 # -- adjust, calcmode, prompts, models ------------------------------------------------------------------------------------

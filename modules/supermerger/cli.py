@@ -62,6 +62,9 @@ def _add_merge_args(p: argparse.ArgumentParser, gen: bool = False) -> None:
     g.add_argument("--mbw-beta", metavar="WEIGHTS", help="block weights for beta, same form")
     g.add_argument("--elemental", metavar="TEXT", help='elemental merge: "BLOCKS:ELEMENTS:RATIO,..." e.g. '
                    '"OUT03 OUT04:attn2 attn1.to_out:0.5"; or @FILE to read it from a file')
+    g.add_argument("--extended-xl", action="store_true", default=None,
+                   help="SDXL: elemental BLOCKS are the 110 extended XL IDs (IN715, MID10, OUT9, TIME, ...; "
+                        "`supermerger blocks --arch sdxl` lists them)")
     g.add_argument("--include", metavar="LIST", help='merge only these blocks / key substrings, e.g. "IN04 OUT05 attn2"')
     g.add_argument("--exclude", metavar="LIST", help='keep these blocks / key substrings from A, e.g. "BASE VAE"')
     g.add_argument("--adjust", metavar="8 VALUES", help="IN,OUT,OUT2,CONT,BRI,COL1,COL2,COL3 detail/colour tweak")
@@ -196,7 +199,8 @@ def _recipe_from_args(args) -> "Recipe":
             else Recipe()
     mapping = {"model_a": "model_a", "model_b": "model_b", "model_c": "model_c", "mode": "mode",
                "calcmode": "calcmode", "alpha": "alpha", "beta": "beta", "gamma": "gamma", "mbw_alpha": "mbw_alpha",
-               "mbw_beta": "mbw_beta", "elemental": "elemental", "include": "include", "exclude": "exclude",
+               "mbw_beta": "mbw_beta", "elemental": "elemental", "extended_xl": "extended_xl",
+               "include": "include", "exclude": "exclude",
                "adjust": "adjust", "dtype": "dtype", "prune": "prune", "reset_clip_ids": "reset_clip_ids", "metadata": "metadata",
                "bake_vae": "bake_vae", "output": "output", "overwrite": "overwrite", "seed": "seed",
                "device": "device"}

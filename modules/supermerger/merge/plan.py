@@ -145,7 +145,7 @@ class MergePlan:
             lines.append("elemental    :")
         mergeable = [t for t in self.tasks if t.block is not None and _eligible(t.key)]
         for e in self.elemental:
-            matched = sum(1 for t in mergeable if e.matches(t.key, t.block))
+            matched = sum(1 for t in mergeable if e.matches(t.key, t.block, self.arch.fine_of(t.key)))
             decided = sum(1 for t in self.tasks if t.why.startswith(e.describe()))
             note = ("  warning: matches no key" if matched == 0 else
                     "  warning: every match is overridden by a later entry" if decided == 0 else "")
@@ -279,7 +279,7 @@ def build_plan(recipe: Recipe, sources: Mapping[str, Source], presets: Mapping[s
 
         alpha, why = _block_ratio(block_alpha, arch, key, block, recipe.alpha, "alpha")
         beta, _ = _block_ratio(block_beta, arch, key, block, recipe.beta, "beta")
-        entry = resolve(entries, key, block) if entries else None
+        entry = resolve(entries, key, block, arch.fine_of(key) if recipe.extended_xl else None) if entries else None
         if entry is not None:
             alpha = dice.element_ratio(entry.random_token, key, block) if entry.random_token else float(entry.ratio)
             why = entry.describe()
@@ -370,7 +370,7 @@ def _ratios(recipe: Recipe, arch: Architecture, calcmode: CalcMode, presets: Map
         if not settings.targets:
             notices.append(f"random mode {settings.mode} has no target (alpha / beta): nothing is drawn.")
     items = {w: weight_items(spec, presets, w) if spec is not None else None for w, spec in specs.items()}
-    entries = parse_elemental(recipe.elemental, arch)
+    entries = parse_elemental(recipe.elemental, arch, extended=recipe.extended_xl)
     chance = has_random(items["alpha"]) or has_random(items["beta"]) or any(e.random_token for e in entries)
     dice = None
     if chance or calcmode.needs_seed:

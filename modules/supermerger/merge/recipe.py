@@ -35,6 +35,9 @@ class Recipe:
     mbw_alpha: str | list[float] | None = None
     mbw_beta: str | list[float] | None = None
     elemental: str = ""
+    # SDXL: elemental BLOCKS name the 110 "extended XL" IDs (IN715, MID10, OUT9, TIME...) instead of the
+    # 20 blocks (the original's "use extended XL" checkbox)
+    extended_xl: bool = False
     include: str | None = None
     exclude: str | None = None
     adjust: str = ""
@@ -109,7 +112,7 @@ class Recipe:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise RecipeError(f"{source}: {name} must be a number, got {value!r}.")
             setattr(self, name, float(value))
-        for name in ("prune", "reset_clip_ids", "overwrite", "metadata"):
+        for name in ("prune", "reset_clip_ids", "overwrite", "metadata", "extended_xl"):
             if not isinstance(getattr(self, name), bool):
                 raise RecipeError(f"{source}: {name} must be true or false, got {getattr(self, name)!r}.")
         if self.dtype not in DTYPE_CHOICES:

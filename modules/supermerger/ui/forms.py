@@ -29,7 +29,7 @@ MERGE_FIELDS: dict[str, Any] = {
     "mode": MODE_LABELS[0], "calcmode": "normal",
     "alpha": 0.5, "beta": 0.25, "gamma": 0.3,
     "use_mbw": False, "mbw_alpha": DEFAULT_ALPHA_WEIGHTS, "mbw_beta": DEFAULT_BETA_WEIGHTS,
-    "elemental": "",
+    "elemental": "", "extended_xl": False,
     "filter_mode": "Off", "filter_text": "",
     "adjust": "",
     "dice_mode": "off", "dice_targets": ["alpha"], "dice_custom": DEFAULT_CUSTOM,
@@ -141,7 +141,7 @@ def recipe_from_values(values: Mapping[str, Any], resolve_model: Callable[[str],
         mode=mode.id, calcmode=calcmode.id,
         alpha=float(v["alpha"]), beta=float(v["beta"]), gamma=float(v["gamma"]),
         mbw_alpha=mbw_alpha, mbw_beta=mbw_beta,
-        elemental=_text(v["elemental"]),
+        elemental=_text(v["elemental"]), extended_xl=bool(v["extended_xl"]),
         include=filter_text if filter_mode == "Include" else None,
         exclude=filter_text if filter_mode == "Exclude" else None,
         adjust=_text(v["adjust"]).strip(),
@@ -182,7 +182,7 @@ def values_from_recipe(recipe: Recipe, model_name: Callable[[str], str] | None =
         "use_mbw": use_mbw,
         "mbw_alpha": _weights_text(recipe.mbw_alpha) or DEFAULT_ALPHA_WEIGHTS,
         "mbw_beta": _weights_text(recipe.mbw_beta) or DEFAULT_BETA_WEIGHTS,
-        "elemental": recipe.elemental or "",
+        "elemental": recipe.elemental or "", "extended_xl": recipe.extended_xl,
         "filter_mode": filter_mode, "filter_text": recipe.include or recipe.exclude or "",
         "adjust": recipe.adjust or "",
         "dice_mode": dice.get("mode", "off"), "dice_targets": list(dice.get("targets", ["alpha"])),
@@ -240,13 +240,14 @@ def elemental_lines(plan) -> list[ElementalLine]:
     for e in plan.elemental:
         if e.line == 0:
             continue  # added by the dice roll (ER/EU/EX), not typed by the user
-        matched = sum(1 for t in mergeable if e.matches(t.key, t.block))
+        matched = sum(1 for t in mergeable if e.matches(t.key, t.block, plan.arch.fine_of(t.key)))
         decided = sum(1 for t in plan.tasks if t.why.startswith(e.describe()))
+        names = plan.arch.fine_blocks if e.extended else plan.arch.blocks
         if e.blocks is None:
-            covered = list(plan.arch.blocks)
+            covered = list(names)
         else:
-            covered = [b for b in plan.arch.blocks if (b in e.blocks) != e.blocks_not]
-        out.append(ElementalLine(e.index, e.text, block_ranges(covered, plan.arch.blocks), matched, decided))
+            covered = [b for b in names if (b in e.blocks) != e.blocks_not]
+        out.append(ElementalLine(e.index, e.text, block_ranges(covered, names), matched, decided))
     return out
 
 
@@ -291,7 +292,8 @@ def elemental_check(text: str, recipe: Recipe | None, plan_fn: Callable[[Recipe]
     try:
         if recipe is not None and recipe.model_a and recipe.model_b:
             # models and elemental only: the counts are about the elemental text, whatever else is set
-            probe = Recipe(model_a=recipe.model_a, model_b=recipe.model_b, elemental=text)
+            probe = Recipe(model_a=recipe.model_a, model_b=recipe.model_b, elemental=text,
+                           extended_xl=recipe.extended_xl)
             plan = plan_fn(probe)
             try:
                 return elemental_report(elemental_lines(plan), plan.arch.label)
@@ -299,7 +301,7 @@ def elemental_check(text: str, recipe: Recipe | None, plan_fn: Callable[[Recipe]
                 for s in plan.sources.values():
                     s.close()
         architecture = archmod.get(arch_id)
-        entries = parse_elemental(text, architecture)
+        entries = parse_elemental(text, architecture, extended=bool(recipe is not None and recipe.extended_xl))
         return (f"{architecture.label}: {len(entries)} entr{'y' if len(entries) == 1 else 'ies'} parsed; "
                 "pick models A and B to see how many keys each matches.")
     except SuperMergerError as e:

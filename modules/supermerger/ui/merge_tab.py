@@ -17,7 +17,7 @@ from ..arch.presets import load_presets, save_user_preset
 from ..errors import SuperMergerError
 from ..merge.calcmodes import CALCMODES, calcmode_names, describe
 from ..merge.dice import RANDOM_MODES
-from ..merge.recipe import DTYPE_CHOICES
+from ..merge.recipe import DTYPE_CHOICES, Recipe
 from . import compat, forms, mbw
 from .actions import merge_now, run_action, save_merge, status_text
 from .context import UIContext
@@ -138,6 +138,9 @@ def build(ctx: UIContext) -> None:
                 comps["elemental"] = gr.Textbox(D["elemental"], lines=3, label="Blocks:Elements:Ratio, ...",
                                                 placeholder="OUT03 OUT04:attn2 attn1.to_out:0.5",
                                                 elem_id="supermerger_elemental")
+                comps["extended_xl"] = gr.Checkbox(D["extended_xl"], label="use extended XL (SDXL: blocks are the "
+                                                   "110 sub-block IDs such as IN715, MID10, OUT9)",
+                                                   elem_id="supermerger_extended_xl")
                 elemental_check = gr.Textbox("", label="Check", interactive=False, lines=3,
                                              elem_id="supermerger_elemental_check")
 
@@ -320,15 +323,18 @@ def _wire_models(ctx, comps, refresh, arch_state, arch_md, sliders, preset, elem
 
     comps["model_a"].change(on_model_a, [comps["model_a"], arch_state], [arch_state, arch_md, preset] + sliders)
 
-    def on_elemental(text, a, b, arch_id):
+    def on_elemental(text, a, b, arch_id, extended):
         try:
-            recipe = forms.recipe_from_values({"model_a": a, "model_b": b}, ctx.model_path) if a and b else None
+            recipe = forms.recipe_from_values({"model_a": a, "model_b": b, "extended_xl": extended},
+                                              ctx.model_path) if a and b else None
         except SuperMergerError as e:
             return "Error: " + ctx.message(e)
+        if recipe is None and extended:
+            recipe = Recipe(extended_xl=True)  # no models yet: the text is still checked against the extended IDs
         return forms.elemental_check(text, recipe, _plan_safetensors, arch_id or "sd1")
 
-    inputs = [comps["elemental"], comps["model_a"], comps["model_b"], arch_state]
-    for source in ("elemental", "model_a", "model_b"):
+    inputs = [comps["elemental"], comps["model_a"], comps["model_b"], arch_state, comps["extended_xl"]]
+    for source in ("elemental", "model_a", "model_b", "extended_xl"):
         comps[source].change(on_elemental, inputs, elemental_check, **_one_check_at_a_time())
 
 

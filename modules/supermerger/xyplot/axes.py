@@ -368,7 +368,7 @@ def _parse_elemental(axis: str):
         out = []
         for pos, item in block_items(text):
             try:
-                parse_elemental(item, ctx.arch)
+                parse_elemental(item, ctx.arch, extended=ctx.recipe.extended_xl)
             except SuperMergerError as e:
                 raise _wrap_error(ctx, axis, pos, item, e) from None
             out.append(AxisValue(item if item else "no elemental", item))
@@ -385,15 +385,19 @@ def _apply_add_elemental(state: CellState, v: str) -> None:
         state.recipe.elemental = _join_elemental(state.recipe.elemental, v)
 
 
-def _parse_pinpoint_elements(axis: str, baseline: bool):
+def _parse_pinpoint_elements(axis: str, baseline: bool, extended: bool = False):
     def parse(text: str, ctx: ParseContext) -> list[AxisValue]:
+        if extended and (ctx.recipe.elemental or "").strip() and not ctx.recipe.extended_xl:
+            raise XYZError(f"{ctx.where} axis ({axis}): the recipe's elemental text uses the {ctx.arch.n_blocks} block "
+                           "names, but this axis writes extended XL IDs into it.",
+                           "Clear the elemental text, or turn on 'use extended XL' and write it with those IDs.")
         out = [AxisValue("baseline", None)] if baseline else []
         for pos, item in comma_items(text):
             if item.count(":") != 1:
                 raise _err(ctx, axis, pos, item, f"has {item.count(':')} ':' but needs exactly 1: BLOCKS:ELEMENTS "
                            "(the ratio comes from the alpha axis).", "Example: OUT04:attn2, IN07:, OUT05:NOT ff.net")
             try:
-                parse_elemental(f"{item}:0", ctx.arch)
+                parse_elemental(f"{item}:0", ctx.arch, extended=extended or ctx.recipe.extended_xl)
             except SuperMergerError as e:
                 raise _wrap_error(ctx, axis, pos, item, e) from None
             out.append(AxisValue(item, item))
@@ -407,9 +411,20 @@ def _all_elements(ctx: ParseContext) -> str:
     return ",".join(f"{b}:" for b in blocks[:mid + 1]) + "|" + ",".join(f"{b}:" for b in blocks[mid + 1:])
 
 
+def _all_fine_elements(ctx: ParseContext) -> str:
+    ids = [f for f in ctx.arch.fine_blocks if f != "IN0"]  # listed in the original's table, never produced
+    mid = next(i for i, f in enumerate(ids) if f.startswith("MID"))
+    return ",".join(f"{f}:" for f in ids[:mid]) + "|" + ",".join(f"{f}:" for f in ids[mid:])
+
+
 def _apply_pinpoint_element(state: CellState, v: str | None) -> None:
     if v is not None:
         state.recipe.elemental = _join_elemental(state.recipe.elemental, f"{v}:{_fmt(state.ratio)}")
+
+
+def _apply_pinpoint_element_ext(state: CellState, v: str | None) -> None:
+    state.recipe.extended_xl = True
+    _apply_pinpoint_element(state, v)
 
 
 # -- adjust, calcmode, prompts ------------------------------------------------------------------------------
@@ -563,6 +578,10 @@ AXIS_TYPES: tuple[AxisType, ...] = (
     AxisType(18, "pinpoint element", "pinpoint element", _parse_pinpoint_elements("pinpoint element", False),
              _apply_pinpoint_element, stage=2, ratio="alpha", expand_all=_all_elements,
              help="BLOCKS:ELEMENTS items, the ratio from the alpha axis: OUT04:attn2,IN07:"),
+    AxisType(19, "pinpoint element ext", "pinpoint element ext",
+             _parse_pinpoint_elements("pinpoint element ext", False, extended=True), _apply_pinpoint_element_ext,
+             stage=2, ratio="alpha", expand_all=_all_fine_elements,
+             help="like pinpoint element with SDXL's extended XL IDs: IN715:attn2,MID10:"),
     AxisType(20, "effective elemental checker", "effective elemental checker",
              _parse_pinpoint_elements("effective elemental checker", True), _apply_pinpoint_element, stage=2,
              ratio="alpha", expand_all=_all_elements,
@@ -582,7 +601,7 @@ AXIS_TYPES: tuple[AxisType, ...] = (
     AxisType(28, "merge ID", "merge ID", _parse_merge_ids, _apply_merge_id, stage=0, models="ABC",
              help="history IDs: each cell merges that record's recipe"),
 )
-UNSUPPORTED = {"pinpoint element ext": "the extended-XL (110-ID) table is not supported by this engine yet"}
+UNSUPPORTED: dict[str, str] = {}  # names of the original's types this engine cannot offer, with why
 _BY_NAME: dict[str, AxisType] = {}
 
 
