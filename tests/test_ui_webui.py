@@ -91,6 +91,17 @@ def test_script_registers_the_tab_once_and_puts_modules_on_the_path(webui):
     assert sys.modules["modules"].script_callbacks is mods["script_callbacks"]
 
 
+def test_data_folder_is_the_extension_folder_unless_supermerger_home_is_set(webui, monkeypatch, _isolated_data_dir):
+    from supermerger import paths
+
+    webui()
+    load_script("supermerger.py")
+    assert paths.data_dir() == _isolated_data_dir  # $SUPERMERGER_HOME (set by the test fixture) wins
+    monkeypatch.delenv("SUPERMERGER_HOME")
+    load_script("supermerger.py")
+    assert paths.data_dir() == SCRIPT.parents[1]  # the extension folder, as the original kept its files
+
+
 def _tab(webui, forge=False):
     import gradio as gr
 

@@ -27,6 +27,15 @@ TXT2IMG_LABELS = {
 WEBUI_DEFAULTS = GenParams(sampler="DPM++ 2M")  # txt2img's own defaults (v1.10) where ui-config says nothing
 
 
+def use_extension_folder(root: str | os.PathLike) -> None:
+    """Inside the WebUI the extension's own folder holds SuperMerger's data (merge history, presets,
+    XYZ presets, reservations, hash cache), as the original's did — unless $SUPERMERGER_HOME says otherwise."""
+    from .. import paths
+
+    if not os.environ.get("SUPERMERGER_HOME"):
+        paths.set_data_dir(root)
+
+
 def make_host():
     """ForgeHost inside Forge, else WebUIHost."""
     from ..hosts.forge import ForgeHost, is_forge
