@@ -6,6 +6,7 @@ on paper (noted in comments) or formulas spelled out in this file.
 
 from __future__ import annotations
 
+import itertools
 import math
 from types import SimpleNamespace
 
@@ -250,6 +251,35 @@ def test_median_of_the_3x3_neighbourhood_with_reflected_borders():
     assert m[1, 1].item() == 5.0 and m[0, 0].item() == 2.0
     # edge (0,1): rows {0,0,1} x cols {0,1,2}: 1,2,3,1,2,3,4,5,6 -> 3
     assert m[0, 1].item() == 3.0
+
+
+def _median_by_sorting(x):
+    """The median filter written the slow, obvious way: every element's 3^ndim neighbours
+    (indices reflected by hand), sorted, the middle one taken."""
+    def reflected(i, n):
+        return -i - 1 if i < 0 else (2 * n - i - 1 if i >= n else i)
+
+    out = torch.empty_like(x)
+    for pos in itertools.product(*(range(n) for n in x.shape)):
+        values = sorted(x[tuple(reflected(p + d, n) for p, d, n in zip(pos, offs, x.shape))].item()
+                        for offs in itertools.product((-1, 0, 1), repeat=x.ndim))
+        out[pos] = values[len(values) // 2]
+    return out
+
+
+@pytest.mark.parametrize("shape", [(1,), (2,), (7,), (1, 5), (5, 1), (3, 3), (6, 9), (2, 2), (4, 1, 1),
+                                   (5, 3, 1, 1), (4, 6, 3, 3), (3, 1, 2), (2, 3, 4), (2, 1, 3, 1, 2)])
+def test_median_filter_equals_sorting_every_neighbourhood(shape, monkeypatch):
+    # randn values, and values from {0, 1, 2} so that neighbourhoods are full of ties; the
+    # comparison networks (1 or 2 axes left after dropping length-1 axes) and the gathering path
+    # (3 or more) must all give the sorted middle value, with one worker or several
+    g = torch.Generator().manual_seed(len(shape) * 31 + sum(shape))
+    for x in (torch.randn(shape, generator=g), torch.randint(0, 3, shape, generator=g).float()):
+        expected = _median_by_sorting(x)
+        assert torch.equal(ndfilters.median3(x), expected), shape
+    monkeypatch.setattr(ndfilters, "SLAB_ELEMS", 20)  # one or two rows per slab, split over threads
+    for x in (torch.randn(shape, generator=g), torch.randint(0, 3, shape, generator=g).float()):
+        assert torch.equal(ndfilters.median3(x, workers=3), _median_by_sorting(x)), shape
 
 
 def test_gaussian_on_a_wide_axis_matches_the_written_out_sum():
