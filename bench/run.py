@@ -114,6 +114,11 @@ def ours(mode: str, inputs: list[Path], out: Path, home: Path, calcmode: str = "
                                            fresh_home=home if fresh_home else None), timeout)
 
 
+def startup() -> Variant:
+    """Start Python, import torch and our CLI, exit: the fixed cost of any merge process."""
+    return Variant("startup", [PY, "-c", "import torch, supermerger.cli"], None, None)
+
+
 def floor(inputs: list[Path], out: Path, output: str = "fresh") -> Variant:
     others = " ".join(f"'{p}'" for p in inputs[1:])
     sh = f"cat {others} > /dev/null; dd if='{inputs[0]}' of='{out}' bs=16M status=none"
@@ -142,6 +147,15 @@ def file_case(name: str, arch: str, mode: str, labels: str, args, results: dict,
         ratios = alternate(a, b, args.pairs, warmup=1, log=log, say=say)
         remove_partials(out)
         row = summarise(a, b, ratios)
+        # What a process pays before it can merge at all: the interpreter and `import torch`
+        # (which `cat` and `dd` do not pay), against the same floor, so that the merge's own
+        # share can be read off: (ours - startup) / floor.
+        st = startup()
+        b3 = floor(inputs, out, args.output)
+        st_ratios = alternate(st, b3, min(args.pairs, 3), warmup=1, log=log, say=say)
+        row["startup_s"] = [r.wall for r in st.runs]
+        row["startup_floor_s"] = [r.wall for r in b3.runs]
+        row["startup_ratio"] = st_ratios
         m = mecha(mode, inputs, out, args.output) if args.mecha else None
         if m is not None:
             say("  sd-mecha beside the same floor:")
@@ -167,6 +181,10 @@ def report_row(name: str, row: dict) -> None:
     say(f"  -> {name}: ours {span(row['wall_s'])} s, floor {span(row['floor_s'])} s, "
         f"ratio {span(row['ratio'])}, peak RSS {row['peak_rss'] / gib:.2f} GiB, "
         f"CPU {row['user_s']:.2f} user + {row['sys_s']:.2f} sys")
+    if row.get("startup_s"):
+        own = med(row["wall_s"]) - med(row["startup_s"])
+        say(f"     startup (python + import torch) {span(row['startup_s'])} s = {span(row['startup_ratio'])} "
+            f"of the floor; ours without it {own:.2f} s = {own / med(row['floor_s']):.2f}x the floor")
 
 
 def remove_partials(out: Path) -> None:
@@ -214,6 +232,8 @@ def calcmode_case(args, results: dict) -> None:
     with open(OUT / "bench.log", "a") as log:
         run_child(ws.cmd, ws.env, log)  # warms the hash cache
         for cid, cm in CALCMODES.items():
+            if args.calcmodes and cid not in args.calcmodes:
+                continue
             mode = "weight_sum" if "weight_sum" in cm.modes else (cm.force_mode or cm.modes[0])
             mode_inputs = inputs if mode != "weight_sum" else inputs[:2]
             v = ours(mode, mode_inputs, out, home, calcmode=cid, timeout=args.calcmode_timeout)
@@ -236,6 +256,8 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=5, help="measured pairs per file case (default 5)")
     ap.add_argument("--merges", type=int, default=50, help="re-merges in the interactive case (default 50)")
     ap.add_argument("--calcmode-pairs", type=int, default=1)
+    ap.add_argument("--calcmodes", type=lambda v: [x.strip() for x in v.split(",") if x.strip()], default=[],
+                    help="comma-separated calcmode IDs to run in the calcmodes case (default: all)")
     ap.add_argument("--calcmode-timeout", type=float, default=120.0, help="seconds before a calcmode run is killed")
     ap.add_argument("--output", choices=("fresh", "replace"), default="fresh",
                     help="before each run the output is deleted (fresh, default) or rewritten by dd, so that "

@@ -288,6 +288,20 @@ def test_gaussian_on_a_wide_axis_matches_the_written_out_sum():
     close(ndfilters.gaussian(x)[0], _gauss1d(row), atol=1e-6)
 
 
+@pytest.mark.parametrize("shape", [(3, 1, 4, 3), (2, 5, 3, 3), (4, 3, 5), (1, 6, 1)])
+def test_gaussian_is_the_one_dimensional_sum_along_each_axis_in_turn(shape):
+    # the written-out 1-D sum applied along axis 0, then 1, ... (values stored as float32
+    # between passes); length-1 axes and the reordered axes of the fast path must not show
+    g = torch.Generator().manual_seed(sum(shape))
+    x = torch.randn(shape, generator=g)
+    expected = x.numpy().astype("float64")
+    for axis in range(len(shape)):
+        moved = expected.swapaxes(axis, -1)
+        rows = [_gauss1d(list(row)) for row in moved.reshape(-1, shape[axis])]
+        expected = torch.tensor(rows, dtype=torch.float32).double().numpy().reshape(moved.shape).swapaxes(axis, -1)
+    close(ndfilters.gaussian(x), torch.from_numpy(expected).float(), atol=1e-6)
+
+
 def test_smoothing_matches_scipy_bit_for_bit():
     nd = pytest.importorskip("scipy.ndimage")
     g = torch.Generator().manual_seed(3)
@@ -482,6 +496,42 @@ def test_ties_edges():
     close(run("ties", TA, TB, TC, alpha=1.0, beta=1.0), TB)  # only B's changes
     close(run("ties", TA, TC.clone(), TC, alpha=0.5, beta=1.0), TA)  # B = C: nothing from B
     close(run("ties", TA, TB, TC, alpha=0.5, beta=0.0), TC)  # density 0: the base
+
+
+@pytest.mark.parametrize("kind", ["randn", "few distinct values", "sorted", "sample misses"])
+def test_kth_smallest_is_exactly_the_kth_value(kind, monkeypatch):
+    from supermerger.merge import methods_modern as mm
+
+    monkeypatch.setattr(mm, "SELECT_DIRECT", 500)  # small tensors take the bracketing path
+    monkeypatch.setattr(mm, "SELECT_SAMPLE", 64)
+    g = torch.Generator().manual_seed(11)
+    n = 6000
+    if kind == "randn":
+        v = torch.randn(n, generator=g).abs()
+    elif kind == "few distinct values":
+        v = torch.randint(0, 4, (n,), generator=g).float()
+    elif kind == "sorted":
+        v = torch.linspace(0, 1, n)
+    else:  # the strided sample sees only zeros, so its bracket cannot hold the high ranks
+        v = torch.rand(n, generator=g) + 1.0
+        v[:: n // 64] = 0.0
+    ordered = sorted(v.tolist())
+    for k in (1, 2, n // 3, n // 2, n - 7, n):
+        assert mm.kth_smallest(v, k).item() == ordered[k - 1], (kind, k)
+
+
+def test_ties_trims_large_tensors_to_their_top_fraction(monkeypatch):
+    from supermerger.merge import methods_modern as mm
+
+    monkeypatch.setattr(mm, "SELECT_DIRECT", 100)
+    g = torch.Generator().manual_seed(4)
+    n = 5000
+    ta = torch.randn(n, generator=g)
+    kept = mm.trim_top(ta.clone(), 0.3)
+    # the 1500 largest magnitudes, found by sorting here
+    top = set(sorted(range(n), key=lambda i: -abs(ta[i].item()))[:1500])
+    assert [i for i in range(n) if kept[i] != 0] == sorted(top)
+    assert torch.equal(kept[sorted(top)], ta[sorted(top)])
 
 
 def test_dare_density_one_is_add_difference():

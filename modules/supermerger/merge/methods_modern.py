@@ -47,6 +47,42 @@ def slerp(a, b, c, alpha, beta, ctx):
 
 # -- building blocks: sparsify, elect, merge ---------------------------------------------------------
 
+SELECT_DIRECT = 1 << 20  # below this many values kthvalue is cheap enough on its own
+SELECT_SAMPLE = 1 << 16  # sample size for bracketing the k-th value of larger tensors
+
+
+def kth_smallest(values, k: int):
+    """The k-th smallest (1-based) of a 1-D float tensor: exactly ``values.kthvalue(k)``, faster.
+
+    A strided sample, sorted, brackets the k-th value between two sample values with a wide
+    margin; one pass counts what lies below the bracket and keeps what lies inside it, and
+    kthvalue runs on that small part. If the bracket misses (the sample was unrepresentative),
+    the whole tensor goes to kthvalue. Either way the answer is the exact k-th value.
+    """
+    import torch
+
+    n = values.numel()
+    if n <= SELECT_DIRECT:
+        return values.kthvalue(k).values
+    step = max(1, n // SELECT_SAMPLE)
+    sample = values[::step].sort().values
+    m = sample.numel()
+    centre = (k - 0.5) / n * m
+    margin = 8.0 * math.sqrt(m) + 16.0
+    lo_i, hi_i = int(centre - margin), int(centre + margin) + 1
+    lo = sample[lo_i] if lo_i >= 0 else None
+    hi = sample[hi_i] if hi_i < m else None
+    # (count_nonzero and boolean indexing: 10x and 4x faster than .sum() and masked_select here)
+    below = int(torch.count_nonzero(values < lo)) if lo is not None else 0
+    inside_mask = values >= lo if lo is not None else torch.ones_like(values, dtype=torch.bool)
+    if hi is not None:
+        inside_mask &= values <= hi
+    inside = values[inside_mask]
+    if below < k <= below + inside.numel():
+        return inside.kthvalue(k - below).values
+    return values.kthvalue(k).values
+
+
 def trim_top(x, density: float):
     """Keep the ``density`` fraction of ``x`` with the largest magnitudes (k = round(density·n),
     ties at the threshold kept), zero the rest."""
@@ -57,33 +93,35 @@ def trim_top(x, density: float):
     if k <= 0:
         return x.new_zeros(x.shape)
     mag = x.abs()
-    threshold = mag.reshape(-1).kthvalue(n - k + 1).values
-    return x.where(mag >= threshold, x.new_zeros(()))
+    threshold = kth_smallest(mag.reshape(-1), n - k + 1)
+    return x.masked_fill_(mag.ge(threshold).logical_not_(), 0.0)  # NaN magnitudes are dropped too
 
 
 def drop_and_rescale(x, density: float, generator):
-    """DARE: keep each entry with probability ``density`` and divide the kept ones by it."""
+    """DARE: keep each entry with probability ``density`` and divide the kept ones by it (in place)."""
     import torch
 
     if density >= 1.0:
         return x
-    keep = torch.rand(x.shape, generator=generator, dtype=torch.float32) < density
-    return (x / density).where(keep.to(x.device), x.new_zeros(()))
+    drop = torch.rand(x.shape, generator=generator, dtype=torch.float32) >= density
+    return x.div_(density).masked_fill_(drop.to(x.device), 0.0)
 
 
 def disjoint_mean(base, vectors, weights):
     """TIES' elect-and-merge: per entry, the sign of the weighted sum wins; the vectors that are
     non-zero with that sign are averaged with their weights; entries nobody agrees on stay base."""
-    weighted = sum(w * v for w, v in zip(weights, vectors))
-    elected = weighted.sign()
-    num = base.new_zeros(base.shape)
-    den = base.new_zeros(base.shape)
+    elected = vectors[0] * weights[0]
+    for w, v in zip(weights[1:], vectors[1:]):
+        elected.add_(v * w)
+    elected.sign_()
+    num = den = None
     for w, v in zip(weights, vectors):
-        agree = (v.sign() == elected) & (v != 0)
-        num += (v * w).where(agree, num.new_zeros(()))
-        den += agree.to(den.dtype) * w
-    merged = (num / den).where(den != 0, num.new_zeros(()))
-    return base.add_(merged)
+        agree = (v * elected) > 0  # same sign as the elected one (so both non-zero); NaN never agrees
+        term = (v * w).masked_fill_(agree.logical_not(), 0.0)
+        share = agree.to(base.dtype).mul_(w)
+        num = term if num is None else num.add_(term)
+        den = share if den is None else den.add_(share)
+    return base.add_(num.div_(den).masked_fill_(den == 0, 0.0))
 
 
 # -- the methods -------------------------------------------------------------------------------------
