@@ -173,6 +173,48 @@ def test_cosine_statistics_cover_model_keys_but_not_the_vae():
     assert stats["smin"] == pytest.approx(0.0, abs=1e-7) and stats["smax"] == pytest.approx(0.96, abs=1e-6)
 
 
+@pytest.mark.parametrize("shape", [(6, 4), (5, 3, 3, 3), (7,)])
+def test_cosine_column_sums_give_what_normalize_and_cosine_similarity_give(shape):
+    # the original's steps, written with torch's own functions, against the engine's column sums;
+    # one column of A and one of B are zero (F.normalize's and F.cosine_similarity's eps matter)
+    import torch.nn.functional as F
+
+    from supermerger.merge.methods_original import column_similarity
+
+    g = torch.Generator().manual_seed(len(shape))
+    a, b = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
+    if len(shape) > 1:
+        a[:, 0] = 0.0
+        b[:, 1] = 0.0
+
+    def flat(x, y):
+        den = x.norm() * y.norm()
+        return 0.0 if den == 0 else float((x * y).sum() / den)
+
+    an, bn = F.normalize(a, dim=0), F.normalize(b, dim=0)
+    cols, whole = column_similarity(a, b, "A")
+    close(cols, F.cosine_similarity(an, bn, dim=0), atol=1e-6)
+    assert float(whole) == pytest.approx(flat(an, bn), abs=1e-6)
+    cols, whole = column_similarity(a, b, "B")
+    close(cols, F.cosine_similarity(a, b, dim=0), atol=1e-6)
+    assert float(whole) == pytest.approx(flat(a, b), abs=1e-6)
+
+
+@pytest.mark.parametrize("name", ["cosineA", "cosineB"])
+def test_cosine_merge_pass_reuses_the_statistics_pass(name):
+    plan = _sources({"model.w": ([[3.0, 0.0, 1.0], [4.0, 1.0, 2.0]], [[6.0, 1.0, -1.0], [8.0, 0.0, 2.0]]),
+                     "model.v": ([1.0, 2.0, 2.0], [2.0, 1.0, -2.0])})
+    stats = get_calcmode(name).prepass(plan)
+    assert set(stats["sims"]) == {"model.w", "model.v"}
+    a, b = plan.sources["A"].tensor("model.w"), plan.sources["B"].tensor("model.w")
+    cached = run(name, a, b, alpha=0.3, stats=stats, key="model.w")
+    fresh = run(name, a, b, alpha=0.3, stats={"smin": stats["smin"], "smax": stats["smax"]}, key="model.w")
+    assert torch.equal(cached, fresh)
+    # a key the statistics did not see (or a slice of one) is computed on the spot
+    assert torch.equal(run(name, a[:, :2], b[:, :2], alpha=0.3, stats=stats, key="model.w"),
+                       run(name, a[:, :2], b[:, :2], alpha=0.3, stats={k: stats[k] for k in ("smin", "smax")}))
+
+
 def test_cosine_a_statistics_collect_column_similarities_only():
     # 2-D key: column cosines [1, 0] (cosineA ignores the flat similarity); 1-D keys add .5 and .96
     plan = _sources({
@@ -196,6 +238,27 @@ def test_train_difference_by_hand():
     # 0: s = 1/2, B-C = 1 -> +.45; 1: B = C -> +0; 2: s = 2/6, B-C = 4 -> +1.2
     # 3: B = C -> +0; 4: all equal (0/0 -> s = 0) -> +0; 5: s = 2/4, B-C = -2 -> -.9
     close(run("trainDifference", a, b, c, alpha=0.5), [1.45, 2.0, 4.2, 0.0, 1.0, -0.9])
+
+
+@pytest.mark.parametrize("shape", [(6, 5), (4, 3, 3, 3), (9,), ()])
+def test_train_difference_and_extract_equal_the_specs_formulas_on_random_tensors(shape):
+    # the spec's formulas written with torch's own functions (sign·s·|B−C|; F.cosine_similarity)
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(len(shape) + 40)
+    a, b, c = (torch.randn(shape, generator=g) for _ in range(3))
+    if len(shape) > 1:
+        c[0] = b[0]  # a row where B = C
+        b[1] = a[1]  # a row where B = A (B−A = 0: extract's cosine with a zero vector)
+    diff = b - c
+    total = diff.abs() + (b - a).abs()
+    s_ = ((b - a).abs() / total).where(total != 0, torch.zeros(()))
+    close(run("trainDifference", a, b, c, alpha=0.7), a + diff.sign() * s_ * diff.abs() * (0.7 * 1.8), atol=1e-5)
+    x, y = (b - a).reshape(-1) if not shape else b - a, (c - a).reshape(-1) if not shape else c - a
+    cos = F.cosine_similarity(x, y, dim=-1).clamp(-1, 1).unsqueeze(-1)
+    d = ((cos + 1) / 2) ** 0.3
+    expected = (a.reshape(x.shape) + torch.lerp(x, y, 0.4) * torch.lerp(d, 1 - d, 0.6)).reshape(shape)
+    close(run("extract", a, b, c, alpha=0.4, beta=0.6, gamma=0.3), expected, atol=1e-5)
 
 
 def test_train_difference_edges():

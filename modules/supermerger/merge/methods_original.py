@@ -25,32 +25,56 @@ TRAIN_DIFFERENCE_GAIN = 1.8
 
 
 # -- cosineA / cosineB (spec §2.1) ---------------------------------------------------------------
+#
+# Everything cosine needs from a key is per "column" (dim 0 reduced, the other dims kept): the
+# dot products of A and B and their squared norms. The original's steps — normalise along dim 0
+# (F.normalize, eps 1e-12), cosine similarity along dim 0 (F.cosine_similarity, eps 1e-8), and a
+# cosine of the flattened (normalised, for cosineA) tensors — are all functions of those three
+# column sums, so each key is reduced once and no normalised copy of a tensor is ever made.
+# The statistics pass keeps every key's similarity (one value per column: kilobytes per key),
+# and the merge pass reuses it instead of reducing the key a second time.
 
-def _cos_dim0(x, y):
-    """Cosine similarity along dim 0 (a scalar for 1-D tensors); 0 where a side has zero norm."""
-    import torch.nn.functional as F
-
-    return F.cosine_similarity(x, y, dim=0)
-
-
-def _cos_flat(x, y):
-    """Cosine similarity of the flattened tensors, as a 0-d tensor; 0 if either norm is zero."""
-    den = x.norm() * y.norm()
-    dot = (x.reshape(-1) * y.reshape(-1)).sum()
-    return (dot / den).where(den != 0, dot.new_zeros(()))
+NORMALIZE_EPS = 1e-12  # F.normalize's default
+COSINE_EPS = 1e-8  # F.cosine_similarity's default
 
 
-def _normalize_dim0(x):
-    import torch.nn.functional as F
+def _column_sums(a, b):
+    """(Σ a·b, Σ a², Σ b²) over dim 0, shaped like the other dims (0-d for a 1-D key)."""
+    x = a.reshape(a.shape[0], -1)
+    y = b.reshape(b.shape[0], -1)
+    rest = a.shape[1:]
+    return ((x * y).sum(0).reshape(rest), (x * x).sum(0).reshape(rest), (y * y).sum(0).reshape(rest))
 
-    return F.normalize(x, p=2, dim=0)
+
+def _flat_cos(dot, nx2, ny2):
+    """Cosine of two flattened tensors from their column sums (0 if either norm is zero)."""
+    den = nx2.sum().sqrt() * ny2.sum().sqrt()
+    num = dot.sum()
+    return (num / den).where(den != 0, num.new_zeros(()))
+
+
+def column_similarity(a, b, variant: str):
+    """The similarities of one key: (per column, of the whole tensor), as cosineA / cosineB see them.
+
+    cosineB: the plain column cosines and the cosine of the flattened tensors.
+    cosineA: the same on tensors normalised along dim 0 — a normalised column has norm 1 (0 if it
+    was zero), so its column cosines equal the raw ones, and its flattened cosine is the sum of
+    the column cosines over √(columns of A) · √(columns of B)."""
+    dot, nx2, ny2 = _column_sums(a, b)
+    nx, ny = nx2.sqrt(), ny2.sqrt()
+    if variant == "A":
+        sx, sy = nx.clamp_min(NORMALIZE_EPS), ny.clamp_min(NORMALIZE_EPS)  # F.normalize's divisors
+        dot, ux, uy = dot / (sx * sy), nx / sx, ny / sy  # column dots and norms after normalising
+        cols = dot / (ux.clamp_min(COSINE_EPS) * uy.clamp_min(COSINE_EPS))
+        return cols, _flat_cos(dot, ux * ux, uy * uy)
+    cols = dot / (nx.clamp_min(COSINE_EPS) * ny.clamp_min(COSINE_EPS))
+    return cols, _flat_cos(dot, nx2, ny2)
 
 
 def stats_similarity(a, b, variant: str):
     """The per-key similarities that cosine's statistics pass collects (spec §2.1, Stage 0)."""
-    if variant == "A":
-        return _cos_dim0(_normalize_dim0(a), _normalize_dim0(b))
-    return (_cos_dim0(a, b) + _cos_flat(a, b)) / 2.0
+    cols, flat = column_similarity(a, b, variant)
+    return cols if variant == "A" else (cols + flat) / 2.0
 
 
 def cosine_stats_keys(plan):
@@ -86,13 +110,17 @@ def _cosine_prepass(plan, variant: str) -> dict:
     import numpy as np
 
     parts = []
+    sims = {}
     a_src, b_src = plan.sources["A"], plan.sources["B"]
     for key in cosine_stats_keys(plan):
         a = a_src.tensor(key).float()
         b = b_src.tensor(key).float()
-        parts.append(stats_similarity(a, b, variant).reshape(-1).double().numpy())
+        cols, flat = column_similarity(a, b, variant)
+        sims[key] = (cols + flat) / 2.0  # what the merge pass needs from this key
+        collected = cols if variant == "A" else sims[key]
+        parts.append(collected.reshape(-1).double().numpy())
     smin, smax = trimmed_range(np.concatenate(parts) if parts else [])
-    return {"smin": smin, "smax": smax}
+    return {"smin": smin, "smax": smax, "sims": sims}
 
 
 def cosine_a_prepass(plan) -> dict:
@@ -103,28 +131,29 @@ def cosine_b_prepass(plan) -> dict:
     return _cosine_prepass(plan, "B")
 
 
-def _cosine_k(x, y, stats: dict, shift: float):
-    simab = _cos_dim0(x, y)
-    c = (simab + _cos_flat(x, y)) / 2.0
+def _cosine_k(a, b, ctx, variant: str, shift: float):
+    stats = ctx.stats
+    c = (stats.get("sims") or {}).get(ctx.key)
+    if c is None or tuple(c.shape) != tuple(a.shape[1:]):  # not in the statistics pass (or a part of the key)
+        cols, flat = column_similarity(a, b, variant)
+        c = (cols + flat) / 2.0
     span = stats["smax"] - stats["smin"]
     scaled = (c - stats["smin"]) / span if span > 0 else c.new_ones(c.shape)
-    return (scaled - shift).clamp(0.0, 1.0)
+    return (scaled - shift).clamp(0.0, 1.0).to(a.device)
 
 
 def cosine_a(a, b, c, alpha, beta, ctx):
     """Keeps A's structure: the more similar A and B are, the more A is kept (normalised inputs)."""
     if a.ndim == 0:
         return a
-    k = _cosine_k(_normalize_dim0(a), _normalize_dim0(b), ctx.stats, abs(alpha))
-    return b.lerp_(a, k)
+    return b.lerp_(a, _cosine_k(a, b, ctx, "A", abs(alpha)))
 
 
 def cosine_b(a, b, c, alpha, beta, ctx):
     """Like cosineA on the raw tensors, with alpha used as given (no abs)."""
     if a.ndim == 0:
         return a
-    k = _cosine_k(a, b, ctx.stats, alpha)
-    return b.lerp_(a, k)
+    return b.lerp_(a, _cosine_k(a, b, ctx, "B", alpha))
 
 
 # -- trainDifference (spec §2.2) -----------------------------------------------------------------
@@ -132,14 +161,16 @@ def cosine_b(a, b, c, alpha, beta, ctx):
 def train_difference(a, b, c, alpha, beta, ctx):
     """A + α·1.8·s·(B − C) with s = |B − A| / (|B − C| + |B − A|) (0 where both are 0).
 
-    Where B equals C the addition is zero, so a key whose B and C are identical stays A."""
-    diff = b - c
-    dist0 = diff.abs()
-    dist1 = (b - a).abs_()
-    total = dist0 + dist1
-    share = (dist1 / total).where(total != 0, total.new_zeros(()))
-    new = diff.sign_().mul_(share.abs_()).mul_(dist0)
-    return a.add_(new * (alpha * TRAIN_DIFFERENCE_GAIN))
+    Where B equals C the addition is zero, so a key whose B and C are identical stays A.
+    (The original's sign(B − C)·s·|B − C| is (B − C)·s: the same product, rounded once.)
+    B and C are scratch copies: the work is done in them, with one temporary."""
+    import torch
+
+    diff = torch.sub(b, c, out=c)  # B − C
+    share = b.sub_(a).abs_()  # |B − A|
+    total = diff.abs().add_(share)
+    share.div_(total).masked_fill_(total == 0, 0.0)
+    return a.add_(diff.mul_(share).mul_(alpha * TRAIN_DIFFERENCE_GAIN))
 
 
 # -- smoothAdd / smoothAdd MT (spec §2.3) --------------------------------------------------------
@@ -157,15 +188,19 @@ def smooth_add_mt(a, b, c, alpha, beta, ctx):
 # -- extract (spec §2.4) -------------------------------------------------------------------------
 
 def extract(a, b, c, alpha, beta, ctx):
-    """A + lerp(B−A, C−A, α) · lerp(d, 1−d, β), d = ((cos(B−A, C−A along the last dim) + 1)/2)^γ."""
-    import torch.nn.functional as F
+    """A + lerp(B−A, C−A, α) · lerp(d, 1−d, β), d = ((cos(B−A, C−A along the last dim) + 1)/2)^γ.
 
+    The cosine is F.cosine_similarity's (each norm at least 1e-8), from three sums along the last
+    dim rather than from normalised copies of both differences."""
     shape = a.shape
     if a.ndim == 0:
         a, b, c = a.reshape(1), b.reshape(1), c.reshape(1)
     x = b.sub_(a)
     y = c.sub_(a)
-    cos = F.cosine_similarity(x, y, dim=-1).clamp(-1.0, 1.0).unsqueeze(-1)
+    dot = (x * y).sum(-1, keepdim=True)
+    nx = (x * x).sum(-1, keepdim=True).sqrt_().clamp_min_(COSINE_EPS)
+    ny = (y * y).sum(-1, keepdim=True).sqrt_().clamp_min_(COSINE_EPS)
+    cos = dot.div_(nx.mul_(ny)).clamp_(-1.0, 1.0)
     d = ((cos + 1.0) / 2.0).pow(ctx.gamma)
     return a.add_(x.lerp_(y, alpha).mul_(d.lerp(1.0 - d, beta))).reshape(shape)
 
