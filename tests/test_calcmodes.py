@@ -597,6 +597,26 @@ def test_ties_trims_large_tensors_to_their_top_fraction(monkeypatch):
     assert torch.equal(kept[sorted(top)], ta[sorted(top)])
 
 
+@pytest.mark.parametrize("weights", [(0.5, 0.5), (0.3, 0.7), (-0.2, 1.2), (1.0, 0.0)])
+def test_elect_and_merge_entry_by_entry(weights):
+    # TIES' rule for each entry written out in plain Python, on vectors with zeros and sign fights
+    from supermerger.merge.methods_modern import disjoint_mean
+
+    g = torch.Generator().manual_seed(7)
+    va = torch.randint(-2, 3, (400,), generator=g).float()
+    vb = torch.randint(-2, 3, (400,), generator=g).float() * 0.5
+    base = torch.randn(400, generator=g)
+    out = disjoint_mean(base.clone(), (va, vb), weights)
+    for i in range(400):
+        vals = (va[i].item(), vb[i].item())
+        total = sum(w * v for w, v in zip(weights, vals))
+        sign = (total > 0) - (total < 0)
+        agree = [(w, v) for w, v in zip(weights, vals) if v != 0 and ((v > 0) - (v < 0)) == sign]
+        den = sum(w for w, _ in agree)
+        mean = sum(w * v for w, v in agree) / den if agree and den != 0 else 0.0
+        assert out[i].item() == pytest.approx(base[i].item() + mean, abs=1e-6), (i, vals)
+
+
 def test_dare_density_one_is_add_difference():
     a, b, c = t(1.0, 2.0, 3.0), t(2.0, 0.0, 3.0), t(1.0, 1.0, 1.0)
     close(run("dare", a, b, c, alpha=0.5, beta=1.0, seed=1), [1.5, 1.5, 4.0])  # A + .5·(B-C)
