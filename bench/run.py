@@ -1,7 +1,8 @@
 """SuperMerger's speed and memory benchmark: one command, figures against a floor measured in the same run.
 
-    python bench/run.py                      # every case (about 15 minutes; SDXL needs ~21 GB of disk)
+    python bench/run.py                      # every case (about 30 minutes; SDXL needs ~21 GB of disk)
     python bench/run.py --cases sd1-ws,interactive --pairs 3
+    python bench/run.py --cases calcmodes --calcmodes "ties,smoothAdd MT" --calcmode-timeout 900
 
 Synthetic full-size checkpoints (real key names and shapes, fp16) are generated into
 bench/data/ on first use. Every merge is a child process, timed in alternating pairs with its
@@ -11,7 +12,9 @@ dirty pages are flushed (``sync``) and the inputs are read once, so both members
 from the same state. (Without this the floor ran 1.9x slower right after one of our runs than
 after another floor: whoever runs next inherits the previous writer's page-cache state.) Cases:
 
-  sd1-ws         SD1.5 pair, weight sum α=0.5, fp16 output, against `cat B; dd A → out`
+  sd1-ws         SD1.5 pair, weight sum α=0.5, fp16 output, against `cat B; dd A → out`;
+                 every file case also times the fixed cost of a merge process (start Python,
+                 import torch) against the same floor, and prints ours without it
   sd1-ad         SD1.5 add difference A + (B − C)·1, against `cat B C; dd A → out`
   sd1-ws-cold    sd1-ws with an empty hash cache each run (the sha256 of both inputs is computed)
   sdxl-ws        SDXL pair, weight sum, against its floor
@@ -258,7 +261,7 @@ def main() -> None:
     ap.add_argument("--calcmode-pairs", type=int, default=1)
     ap.add_argument("--calcmodes", type=lambda v: [x.strip() for x in v.split(",") if x.strip()], default=[],
                     help="comma-separated calcmode IDs to run in the calcmodes case (default: all)")
-    ap.add_argument("--calcmode-timeout", type=float, default=120.0, help="seconds before a calcmode run is killed")
+    ap.add_argument("--calcmode-timeout", type=float, default=600.0, help="seconds before a calcmode run is killed")
     ap.add_argument("--output", choices=("fresh", "replace"), default="fresh",
                     help="before each run the output is deleted (fresh, default) or rewritten by dd, so that "
                     "every run replaces an existing file (replace)")
