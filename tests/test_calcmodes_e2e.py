@@ -273,3 +273,38 @@ def test_cli_calcmodes_command_lists_rules(capsys):
     for cm in CALCMODES.values():
         assert cm.id in text
     assert "modes: Add difference (other modes switch to Add difference)" in text
+
+
+def test_cosine_statistics_are_read_once_per_pair_of_unchanged_files(small, tmp_path, monkeypatch):
+    # an XY plot or repeated Merge & Gen changes ratios, not models: the statistics pass reads A and
+    # B once; a changed file is read again; the merges agree value for value either way
+    from safetensors.torch import save_file
+
+    from supermerger.merge import methods_original as mo
+
+    monkeypatch.setattr(mo, "_stats_cache", type(mo._stats_cache)())
+    paths = {label: tmp_path / f"{label}.safetensors" for label in "AB"}
+    for label, path in paths.items():
+        save_file(small["sd1"][label], str(path))
+    models = {label: str(path) for label, path in paths.items()}
+    calls = []
+    real = mo._compute_cosine_stats
+    monkeypatch.setattr(mo, "_compute_cosine_stats", lambda plan, variant: calls.append(variant) or real(plan, variant))
+
+    def run(alpha, calcmode="cosineA"):
+        recipe = Recipe(calcmode=calcmode, mode="weight_sum", alpha=alpha, model_a="A", model_b="B")
+        return supermerger.merge(recipe, models=models, history=False).state_dict
+
+    first = run(0.3)
+    second = run(0.3)
+    run(0.6)
+    assert calls == ["A"]
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    run(0.3, "cosineB")
+    assert calls == ["A", "B"]
+    sd_b = dict(small["sd1"]["B"])
+    sd_b[UNET_W] = (sd_b[UNET_W].float() * -1).half()  # B changes on disk: new statistics
+    save_file(sd_b, str(paths["B"]))
+    changed = run(0.3)
+    assert calls == ["A", "B", "A"]
+    assert not torch.equal(changed[UNET_W], first[UNET_W])

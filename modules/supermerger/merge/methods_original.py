@@ -15,6 +15,8 @@ Deliberate differences from the original's code (its evident intent, not its acc
 from __future__ import annotations
 
 import os
+import threading
+from collections import OrderedDict
 
 from . import ndfilters
 from .seeds import key_generator
@@ -106,7 +108,43 @@ def trimmed_range(values) -> tuple[float, float]:
     return float(sims.min()), float(sims.max())
 
 
+STATS_CACHE_SIZE = 2  # statistics of this many model pairs are kept (a few MB each)
+_stats_cache: OrderedDict = OrderedDict()
+_stats_lock = threading.Lock()
+
+
+def _file_identity(src):
+    """(path, size, mtime) of a source read from a file, None for one that is not (a live model)."""
+    path = getattr(src, "path", None)
+    if path is None:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return str(path), st.st_size, st.st_mtime_ns
+
+
 def _cosine_prepass(plan, variant: str) -> dict:
+    """The statistics pass, remembered per pair of unchanged files: the statistics depend on A
+    and B only, so an XY plot or repeated Merge & Gen over ratios reads the models once for them."""
+    ids = (_file_identity(plan.sources["A"]), _file_identity(plan.sources["B"]))
+    key = (variant, *ids) if None not in ids else None
+    if key is not None:
+        with _stats_lock:
+            if key in _stats_cache:
+                _stats_cache.move_to_end(key)
+                return _stats_cache[key]
+    stats = _compute_cosine_stats(plan, variant)
+    if key is not None:
+        with _stats_lock:
+            _stats_cache[key] = stats
+            while len(_stats_cache) > STATS_CACHE_SIZE:
+                _stats_cache.popitem(last=False)
+    return stats
+
+
+def _compute_cosine_stats(plan, variant: str) -> dict:
     import numpy as np
 
     parts = []
