@@ -67,13 +67,14 @@ def test_plan_merges_only_where_the_recipe_changes(models):
     assert plan(XYZPlot(x=Axis("model_B", str(models[("sd1", "C")]))), r, PARAMS).constant_models() == [r.model_a]
 
 
-def test_plan_fixed_seed_and_one_image_per_cell(models):
+def test_plan_fixed_seed_and_the_batch_of_every_cell(models):
     r = Recipe(model_a=str(models[("sd1", "A")]), model_b=str(models[("sd1", "B")]))
-    p = plan(XYZPlot(x=Axis("alpha", "0,1")), r, PARAMS.with_(seed=-1, batch_size=4, batch_count=2),
-             rng=random.Random(5))
+    params = PARAMS.with_(seed=-1, batch_size=4, batch_count=2)
+    p = plan(XYZPlot(x=Axis("alpha", "0,1")), r, params, rng=random.Random(5))
     seeds = {c.params.seed for c in p.cells}
     assert len(seeds) == 1 and seeds.pop() == random.Random(5).randrange(2 ** 32 - 1)
-    assert all((c.params.batch_size, c.params.batch_count) == (1, 1) for c in p.cells)
+    assert all((c.params.batch_size, c.params.batch_count) == (4, 2) for c in p.cells)
+    assert params.seed == -1  # the caller's parameters are left as they were
 
 
 def test_plan_zero_stock_reuses_the_image_of_model_a(models):
@@ -140,6 +141,23 @@ def test_seed_axis_merges_once_per_row_and_protects_constant_models(tiny, host):
     im = [np.asarray(c.image) for c in result.cells]
     assert not np.array_equal(im[0], im[1])  # another seed, same model
     assert result.cells[1].merge_seconds == 0 and "Seed: 2" in result.cells[1].infotext
+
+
+def test_a_batch_per_cell_gives_one_grid_per_image_index(tiny, host):
+    # batch size 2: every cell makes two images (seeds 5 and 6); grid k holds the k-th image of
+    # every cell, pixel-equal to a plain generation with the same seed on the same merge
+    a, b = tiny
+    params = PARAMS.with_(seed=5, batch_size=2)
+    result = run(host, XYZPlot(x=Axis("alpha", "0.25,0.75")), Recipe(model_a=a, model_b=b), params,
+                 history=False)
+    assert len(result.grids) == 2 and all(len(c.images) == 2 for c in result.cells)
+    for k, (grid, layout) in enumerate(zip(result.grids, result.layouts)):
+        for x, cell in enumerate(result.cells):
+            assert np.array_equal(np.asarray(grid.crop(layout.box(x, 0))), np.asarray(cell.images[k]))
+    host.merge_and_load(Recipe(model_a=a, model_b=b, alpha=0.75), history=False)
+    single = host.generate(PARAMS.with_(seed=6)).images[0]
+    assert np.array_equal(np.asarray(result.cells[1].images[1]), np.asarray(single))
+    assert not np.array_equal(np.asarray(result.cells[1].images[0]), np.asarray(single))
 
 
 def test_stop_after_the_current_cell_gives_a_partial_grid(tiny, host):

@@ -29,8 +29,8 @@ XYZ_EXAMPLES = textwrap.dedent("""\
 
 def add_parsers(sub) -> None:
     x = sub.add_parser("xyz", help="XYZ plot: merge and generate a grid over up to three axes",
-                       description="Merge and generate one image per cell over up to three axes (X columns, Y rows, "
-                                   "Z grids) with the standalone host; the grid is a PNG with the plot in its metadata. "
+                       description="Merge and generate each cell over up to three axes (X columns, Y rows, "
+                                   "Z grids; one grid per image index with --batch-size/--batch-count) with the standalone host; the grid is a PNG with the plot in its metadata. "
                                    "Without any model, uses the built-in demo models.",
                        epilog=XYZ_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_plot_args(x)

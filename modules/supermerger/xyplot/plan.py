@@ -273,8 +273,9 @@ def plan(plot: XYZPlot, recipe: Recipe, params, *, presets: Mapping[str, str] | 
          is_stock: Callable[[Recipe], bool] | None = None) -> PlotPlan:
     """Every cell of ``plot`` over the base ``recipe`` and generation ``params``.
 
-    A seed of -1 is drawn once here, so all cells share it unless seed is an axis. Plots make one
-    image per cell (batch size and count 1). ``is_stock(recipe)``: whether a recipe merges to
+    A seed of -1 is drawn once here, so all cells share it unless seed is an axis. Each cell makes
+    batch size × batch count images, as a generation would; the runner draws one grid per image
+    index. ``is_stock(recipe)``: whether a recipe merges to
     model A unchanged (used with ``zero_stock``; default: planned from the file headers)."""
     from ..arch.presets import load_presets
 
@@ -285,7 +286,7 @@ def plan(plot: XYZPlot, recipe: Recipe, params, *, presets: Mapping[str, str] | 
                       models_dirs=models_dirs, rng=rng)
     if arch is None:
         arch = _arch_of(axes, recipe)
-    base_params = dataclasses.replace(params, batch_size=1, batch_count=1)
+    base_params = dataclasses.replace(params)
     if base_params.seed is None or base_params.seed < 0:
         base_params.seed = rng.randrange(2 ** 32 - 1)
     by_pos = {a.pos: a for a in axes}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import os
 import threading
 import time
@@ -33,12 +34,21 @@ MAX_CELL_IMAGES = 100  # "not save grid": at most this many single images per gr
 @dataclass
 class CellResult:
     cell: Cell
-    image: Any = None
-    infotext: str = ""
+    images: list = field(default_factory=list)  # batch size × batch count images, in the host's order
+    infotexts: list[str] = field(default_factory=list)
     merge_seconds: float = 0.0
     gen_seconds: float = 0.0
     seconds: float = 0.0  # the whole cell, overhead included
     history_id: int | None = None
+
+    @property
+    def image(self):
+        """The cell's first image (the one in the first grid)."""
+        return self.images[0] if self.images else None
+
+    @property
+    def infotext(self) -> str:
+        return self.infotexts[0] if self.infotexts else ""
 
 
 @dataclass
@@ -116,7 +126,7 @@ def _run_cell(host, p: PlotPlan, cell: Cell, result: PlotResult, history: bool, 
     out = CellResult(cell)
     if cell.action == "stock":
         src = result.cells[cell.same_as]
-        out.image, out.infotext = src.image, src.infotext
+        out.images, out.infotexts = list(src.images), list(src.infotexts)
         out.seconds = time.perf_counter() - t0
         return out
     if cell.action == "merge":
@@ -129,8 +139,8 @@ def _run_cell(host, p: PlotPlan, cell: Cell, result: PlotResult, history: bool, 
     t1 = time.perf_counter()
     gen = host.generate(cell.params)
     out.gen_seconds = time.perf_counter() - t1
-    out.image = gen.images[0]
-    out.infotext = gen.infotexts[0] if gen.infotexts else ""
+    out.images = list(gen.images)
+    out.infotexts = list(gen.infotexts or [])
     out.seconds = time.perf_counter() - t0
     return out
 
@@ -188,7 +198,10 @@ def describe_merge(p: PlotPlan) -> str:
 
 
 def build_outputs(result: PlotResult, outdir=None, grid_name: str = "xyz_grid", save_grids: bool = True) -> None:
-    """Grids (or single images, or checker grids) from the cells made so far; written to ``outdir``."""
+    """Grids (or single images, or checker grids) from the cells made so far; written to ``outdir``.
+
+    One grid per Z value and, when the generation makes several images per cell (batch size or
+    count above 1), per image index: grid k holds every cell's k-th image."""
     p = result.plan
     cols, rows, depth = p.shape()
     by_index = {c.cell.index: c for c in result.cells}
@@ -196,16 +209,23 @@ def build_outputs(result: PlotResult, outdir=None, grid_name: str = "xyz_grid", 
     corner = describe_merge(p)
     folder = Path(outdir) if outdir is not None else None
     chk = p.checker()
-    for zi in range(depth):
+    per_cell = max((len(c.images) for c in result.cells), default=1)
+    for zi, k in itertools.product(range(depth), range(per_cell)):
         z_corner = corner + (f"\n{za.type.id} = {za.values[zi].label}" if za else "")
-        images = [[(by_index[(x, y, zi)].image if (x, y, zi) in by_index else None) for x in range(cols)]
-                  for y in range(rows)]
+        if per_cell > 1:
+            z_corner += f"\nimage {k + 1} of {per_cell}"
+
+        def kth(cell):
+            return cell.images[k] if cell is not None and k < len(cell.images) else None
+
+        images = [[kth(by_index.get((x, y, zi))) for x in range(cols)] for y in range(rows)]
         if p.plot.no_grid:
             made = [im for row in images for im in row if im is not None]
             result.images += made[:MAX_CELL_IMAGES]
             continue
         if chk is not None:
-            _checker_outputs(result, chk, images, z_corner, folder)
+            if k == 0:  # the checker compares the first images
+                _checker_outputs(result, chk, images, z_corner, folder)
             continue
         col_labels = [v.label for v in xa.values]
         col_labels[0] = f"{xa.type.id} = {col_labels[0]}"
