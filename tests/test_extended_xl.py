@@ -133,9 +133,52 @@ def test_wrong_length_on_sdxl_names_20_and_110(models):
     assert "109 values" in msg and "20" in msg and "110" in msg
 
 
-def test_random_tokens_in_a_110_list_are_refused_clearly(models):
-    with pytest.raises(RecipeError, match="extended"):
-        supermerger.merge(Recipe(mbw_alpha=",".join(["R"] + ["0.5"] * 109), seed=1, **_paths(models)))
+def _unet_alphas(plan):
+    """{key: (slot, alpha)} of the merged U-Net keys (slots by this file's reading of the rule)."""
+    return {t.key: (expected_slot(t.key), t.alpha) for t in plan.tasks
+            if t.op == "merge" and t.key.startswith("model.diffusion_model.")}
+
+
+def test_dice_tokens_in_a_110_list_draw_per_extended_id(models):
+    # R at IN40, U at OUT21: drawn from numpy's legacy stream seeded 7 at the token's position
+    # (U = 1.5 − 2r, then clamped to [0, 1]); numbers elsewhere stay as given
+    import numpy as np
+
+    r = np.random.RandomState(7).rand(3000)
+    items = [str(v) for v in VALUES]
+    items[EXTENDED.index("IN40")] = "R"
+    items[EXTENDED.index("OUT21")] = "U"
+    plan = supermerger.plan_merge(Recipe(mbw_alpha=",".join(items), seed=7, **_paths(models)))
+    expected = {slot: VALUES[i] for i, slot in enumerate(EXTENDED)}
+    expected["IN40"] = round(r[EXTENDED.index("IN40")], 3)
+    expected["OUT21"] = round(min(max(1.5 - 2 * r[EXTENDED.index("OUT21")], 0.0), 1.0), 3)
+    got = _unet_alphas(plan)
+    assert {slot for slot, _ in got.values()} >= {"IN40", "OUT21"}
+    for key, (slot, alpha) in got.items():
+        assert alpha == pytest.approx(expected[slot]), (key, slot)
+
+
+def test_random_mode_with_extended_xl_fills_all_110_slots(models):
+    import numpy as np
+
+    r = np.random.RandomState(11).rand(3000)
+    plan = supermerger.plan_merge(Recipe(random={"mode": "R"}, extended_xl=True, seed=11, **_paths(models)))
+    got = _unet_alphas(plan)
+    slots = {slot for slot, _ in got.values()}
+    assert len(slots) > 40  # every U-Net slot of the model has its own draw
+    for key, (slot, alpha) in got.items():
+        assert alpha == pytest.approx(round(r[EXTENDED.index(slot)], 3)), (key, slot)
+
+
+def test_er_in_a_110_list_gives_each_key_of_that_id_its_own_ratio(models):
+    items = [str(v) for v in VALUES]
+    items[EXTENDED.index("OUT21")] = "ER"
+    plan = supermerger.plan_merge(Recipe(mbw_alpha=",".join(items), seed=3, **_paths(models)))
+    got = _unet_alphas(plan)
+    inside = [alpha for slot, alpha in got.values() if slot == "OUT21"]
+    assert len(inside) > 3 and len(set(inside)) == len(inside) and all(0 <= a < 1 for a in inside)
+    assert all(alpha == pytest.approx(VALUES[EXTENDED.index(slot)]) for slot, alpha in got.values()
+               if slot != "OUT21")
 
 
 def test_110_values_with_exclude_record_the_applied_weights(models):

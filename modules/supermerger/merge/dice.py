@@ -176,6 +176,21 @@ class Dice:
         self.chances = stream.rand(DRAWS)
         self._element_limits: dict[str, tuple[float, float]] | None = None
 
+    _limits_by_fine = False
+
+    def _limits_by_name(self) -> dict[str, tuple[float, float]]:
+        """Each block's (upper, lower) limit for elemental draws: per block, or — when the limits
+        are a 110-value extended-XL list — per extended ID."""
+        names = self.arch.blocks
+        fine = self.arch.fine_blocks
+        n = len([t for t in self.settings.upper.replace("\n", ",").split(",") if t.strip()])
+        m = len([t for t in self.settings.lower.replace("\n", ",").split(",") if t.strip()])
+        if fine and len(fine) in (n, m):
+            names, self._limits_by_fine = fine, True
+        up = per_block(self.settings.upper, names, "upper limit", all_names=names)
+        low = per_block(self.settings.lower, names, "lower limit", chance_ok=True, all_names=names)
+        return {k: (up[k][0], low[k][0]) for k in names}
+
     def resolve_list(self, items: Sequence[str], names: Sequence[str], which: str) -> tuple[list[str], dict[str, list[str]]]:
         """Replace the tokens of a weight list (positions named ``names``) by drawn numbers.
 
@@ -209,13 +224,11 @@ class Dice:
             out.append(repr(round(value, s.round)))
         return out, elements
 
-    def element_ratio(self, token: str, key: str, block: str) -> float:
-        """The random ratio of one key for an elemental R / U / X entry."""
+    def element_ratio(self, token: str, key: str, block: str, fine: str | None = None) -> float:
+        """The random ratio of one key for an elemental R / U / X entry (``fine``: the key's
+        extended-XL ID, used when the limits are given per extended ID)."""
         if self._element_limits is None:
-            names = self.arch.blocks
-            up = per_block(self.settings.upper, names, "upper limit", all_names=names)
-            low = per_block(self.settings.lower, names, "lower limit", chance_ok=True, all_names=names)
-            self._element_limits = {n: (up[n][0], low[n][0]) for n in names}
-        hi, lo = self._element_limits.get(block, (1.0, 0.0))
+            self._element_limits = self._limits_by_name()
+        hi, lo = self._element_limits.get(fine if self._limits_by_fine else block, (1.0, 0.0))
         r = key_uniform(self.seed, key, "elemental")
         return round(_ELEMENT_DRAWS[token](r, hi, lo), self.settings.round)

@@ -121,17 +121,20 @@ def parse_elemental(text: str | None, arch: Architecture, extended: bool = False
     return entries
 
 
-def random_entries(blocks_by_token: dict[str, list[str]], arch: Architecture, first_index: int) -> list[ElementalEntry]:
+def random_entries(blocks_by_token: dict[str, list[str]], arch: Architecture, first_index: int,
+                   extended: bool = False) -> list[ElementalEntry]:
     """Entries ``<blocks>::R|U|X`` that the dice roll's ER / EU / EX tokens add: every key of
-    those blocks gets its own random ratio (blocks the model does not have are left out)."""
+    those blocks gets its own random ratio (blocks the model does not have are left out).
+    ``extended``: the names are SDXL's 110 extended IDs (from a 110-value list)."""
+    known = arch.fine_blocks if extended else arch.blocks
     entries = []
     for token, names in blocks_by_token.items():
-        names = [n for n in names if n in arch.blocks]
+        names = [n for n in names if n in known]
         if not names:
             continue
         text = f"{' '.join(names)}::{token}"
         entries.append(ElementalEntry(first_index + len(entries), 0, text, frozenset(names), False, (), False,
-                                      None, token))
+                                      None, token, extended=extended))
     return entries
 
 

@@ -279,9 +279,11 @@ def build_plan(recipe: Recipe, sources: Mapping[str, Source], presets: Mapping[s
 
         alpha, why = _block_ratio(block_alpha, arch, key, block, recipe.alpha, "alpha")
         beta, _ = _block_ratio(block_beta, arch, key, block, recipe.beta, "beta")
-        entry = resolve(entries, key, block, arch.fine_of(key) if recipe.extended_xl else None) if entries else None
+        fine = arch.fine_of(key) if entries and (recipe.extended_xl or any(e.extended for e in entries)) else None
+        entry = resolve(entries, key, block, fine) if entries else None
         if entry is not None:
-            alpha = dice.element_ratio(entry.random_token, key, block) if entry.random_token else float(entry.ratio)
+            alpha = dice.element_ratio(entry.random_token, key, block, fine) if entry.random_token \
+                else float(entry.ratio)
             why = entry.describe()
         if key_filter is not None:
             merges, fwhy = key_filter.merges(key, block, arch.component_of(key), key in adjust_ops)
@@ -362,7 +364,9 @@ def _ratios(recipe: Recipe, arch: Architecture, calcmode: CalcMode, presets: Map
     settings = DiceSettings.from_dict(recipe.random)
     specs = {"alpha": recipe.mbw_alpha, "beta": recipe.mbw_beta}
     if settings.on:
-        fill = settings.token_list(26 if arch.from_26 else arch.n_blocks)
+        slots = len(arch.fine_blocks) if recipe.extended_xl and arch.fine_blocks else \
+            (26 if arch.from_26 else arch.n_blocks)  # "use extended XL": all 110 slots are drawn
+        fill = settings.token_list(slots)
         for target in settings.targets:
             if specs[target] is not None:
                 notices.append(f"random mode {settings.mode} replaces the weights {target} that were given.")
@@ -382,16 +386,14 @@ def _ratios(recipe: Recipe, arch: Architecture, calcmode: CalcMode, presets: Map
     weights: dict[str, tuple[float, ...] | None] = {}
     for what in ("alpha", "beta"):
         values = items[what]
-        if has_random(values) and arch.fine_blocks and len(values) == len(arch.fine_blocks):
-            raise RecipeError(f"Weights {what}: random tokens (R, U, X, ...) work with the {arch.n_blocks}-value "
-                              f"list, not with the {len(values)}-value extended list.",
-                              f"Give numbers in the extended list, or use {arch.n_blocks} values for the dice roll.")
         if has_random(values):
-            values, elements = dice.resolve_list(values, list_names(len(values), arch, what), what)
+            names = list_names(len(values), arch, what)
+            values, elements = dice.resolve_list(values, names, what)
             if elements and what == "beta":
                 notices.append("ER/EU/EX in weights beta give 0: elemental ratios apply to alpha only.")
             elif elements:
-                entries = entries + random_entries(elements, arch, len(entries) + 1)
+                extended = bool(arch.fine_blocks) and names == arch.fine_blocks
+                entries = entries + random_entries(elements, arch, len(entries) + 1, extended=extended)
         weights[what] = parse_weights(values, arch, presets, what) if values is not None else None
     return recipe, dice, weights["alpha"], weights["beta"], entries
 
