@@ -334,6 +334,9 @@ def test_webui_generation_parameters_and_scripts(fake_webui):
     assert not p.do_not_save_samples and not p.do_not_save_grid  # saved where txt2img saves, as the WebUI says
     quiet = host.processing_object(GenParams(extra={"save_images": False}))
     assert quiet.do_not_save_samples and quiet.do_not_save_grid
+    # one prompt per image (prompt3): the WebUI's list of batch size × n_iter prompts
+    each = host.processing_object(GenParams(prompt="unused", prompts=("a", "b", "c"), batch_size=1, batch_count=2))
+    assert (each.prompt, each.batch_size, each.n_iter) == (["a", "b", "c", "a", "b", "c"], 3, 2)
     assert p.scripts is runner and p.script_args == [1, 2]
     out = host.generate(P)
     assert out.infotexts[0].endswith("Model: merge, SuperMerger ID: 4")

@@ -160,6 +160,28 @@ def test_a_batch_per_cell_gives_one_grid_per_image_index(tiny, host):
     assert not np.array_equal(np.asarray(result.cells[1].images[0]), np.asarray(single))
 
 
+def test_prompt3_on_x_generates_each_row_as_one_batch(tiny, host):
+    # two prompts, one batch per row: seeds 5 and 6, image k with prompt k; the same batch made
+    # directly on the same merge gives the same pixels
+    a, b = tiny
+    seen = []
+    result = run(host, XYZPlot(x=Axis("prompt3", "a red cat\n\na blue dog"), y=Axis("alpha", "0.4")),
+                 Recipe(model_a=a, model_b=b), PARAMS.with_(seed=5), history=False,
+                 on_cell=lambda i, n, c: seen.append((i, n)))
+    assert seen == [(0, 2), (1, 2)]
+    first, second = result.cells
+    assert first.infotext.startswith("a red cat") and "Seed: 5" in first.infotext
+    assert second.infotext.startswith("a blue dog") and "Seed: 6" in second.infotext
+    host.merge_and_load(Recipe(model_a=a, model_b=b, alpha=0.4), history=False)
+    direct = host.generate(PARAMS.with_(seed=5, prompts=("a red cat", "a blue dog"), batch_size=2))
+    for cell, image in zip(result.cells, direct.images):
+        assert np.array_equal(np.asarray(cell.image), np.asarray(image))
+    # on Y the prompts are generated one by one (other merges come in between)
+    result = run(host, XYZPlot(x=Axis("alpha", "0.4,0.6"), y=Axis("prompt3", "a red cat\n\na blue dog")),
+                 Recipe(model_a=a, model_b=b), PARAMS.with_(seed=5), history=False)
+    assert all("Seed: 5" in c.infotext for c in result.cells)
+
+
 def test_stop_after_the_current_cell_gives_a_partial_grid(tiny, host):
     a, b = tiny
     stop = threading.Event()

@@ -33,10 +33,17 @@ class GenParams:
     hr_upscaler: str = "Latent"
     hr_second_pass_steps: int = 0  # 0: the same number of steps as the first pass
     denoising_strength: float = 0.7
+    # one prompt per image of the batch (the XYZ axis prompt3); when given it replaces ``prompt``
+    # and its length is the batch size
+    prompts: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)  # host-specific extras (e.g. WebUI script args)
 
     def with_(self, **changes) -> "GenParams":
         return replace(self, **changes)
+
+    def batch_prompts(self) -> list[str]:
+        """The prompt of each image in one batch."""
+        return list(self.prompts) if self.prompts else [self.prompt] * max(1, self.batch_size)
 
 
 @dataclass

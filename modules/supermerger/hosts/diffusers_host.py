@@ -451,12 +451,14 @@ class DiffusersHost(Host):
         # progress(done, total) in denoising passes, from GenParams.extra["progress"] (the UI's bar)
         self._progress = p.extra.get("progress")
         self._pass, self._passes = 0, max(1, p.batch_count) * (2 if p.enable_hr else 1)
+        prompts = p.batch_prompts()
+        size = len(prompts)
         for it in range(max(1, p.batch_count)):
             if self._interrupted:
                 break
-            seeds = [seed + it * p.batch_size + k for k in range(p.batch_size)]
+            seeds = [seed + it * size + k for k in range(size)]
             gens = [torch.Generator(self.device).manual_seed(s) for s in seeds]
-            common = dict(prompt=[p.prompt] * p.batch_size, negative_prompt=[p.negative_prompt] * p.batch_size,
+            common = dict(prompt=prompts, negative_prompt=[p.negative_prompt] * size,
                           guidance_scale=p.cfg_scale, generator=gens, callback_on_step_end=self._step_end)
             if p.clip_skip > 1:
                 common["clip_skip"] = p.clip_skip - 1  # WebUI "Clip skip 2" = diffusers clip_skip=1
@@ -476,7 +478,7 @@ class DiffusersHost(Host):
             out.images += images
             out.seeds += seeds
         # "Size" is the first pass's size, as in the WebUI; the hires fields tell the rest
-        out.infotexts = [self.infotext(p, s) for s in out.seeds]
+        out.infotexts = [self.infotext(p.with_(prompt=prompts[i % size]), s) for i, s in enumerate(out.seeds)]
         out.seconds = time.perf_counter() - t0
         self.timings["generate"] = out.seconds
         return out

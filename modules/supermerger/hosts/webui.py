@@ -199,10 +199,13 @@ class WebUIHost(Host):
         # The WebUI saves the images (and a batch's grid) where txt2img's go, as its settings say; their
         # infotext carries the merge (Model with its ID) through extra_generation_params.
         keep = bool(params.extra.get("save_images", True))
+        prompt, batch_size = params.prompt, params.batch_size
+        if params.prompts:  # one prompt per image: the WebUI takes a list of batch size × n_iter prompts
+            prompt, batch_size = list(params.prompts) * max(1, params.batch_count), len(params.prompts)
         kwargs = dict(
-            prompt=params.prompt, negative_prompt=params.negative_prompt, seed=params.seed, steps=params.steps,
+            prompt=prompt, negative_prompt=params.negative_prompt, seed=params.seed, steps=params.steps,
             cfg_scale=params.cfg_scale, sampler_name=params.sampler, width=params.width, height=params.height,
-            batch_size=params.batch_size, n_iter=params.batch_count, do_not_save_samples=not keep,
+            batch_size=batch_size, n_iter=params.batch_count, do_not_save_samples=not keep,
             do_not_save_grid=not keep, override_settings={"CLIP_stop_at_last_layers": params.clip_skip},
             outpath_samples=getattr(shared.opts, "outdir_txt2img_samples", ""),
             outpath_grids=getattr(shared.opts, "outdir_txt2img_grids", ""),

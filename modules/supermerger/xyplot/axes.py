@@ -595,7 +595,7 @@ AXIS_TYPES: tuple[AxisType, ...] = (
     AxisType(25, "prompt2", "prompt2", _parse_prompt_blocks, _apply_prompt, merges=False,
              help="prompts separated by blank lines"),
     AxisType(26, "prompt3", "prompt3", _parse_prompt_blocks, _apply_prompt, merges=False,
-             help="prompts separated by blank lines (the original's one-batch variant)"),
+             help="prompts separated by blank lines; on X each row is ONE batch (seed, seed+1, ...)"),
     AxisType(27, "random", "random", _parse_random, _apply_random, repeatable=True,
              help="N: N merges with random ratios from the dice-roll settings"),
     AxisType(28, "merge ID", "merge ID", _parse_merge_ids, _apply_merge_id, stage=0, models="ABC",

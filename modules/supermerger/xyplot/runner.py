@@ -108,27 +108,54 @@ def run(host, plot: XYZPlot | PlotPlan, recipe: Recipe | None = None, params=Non
     cache = getattr(host, "cache", None)
     guard = cache.protect(p.constant_models()) if cache is not None and hasattr(cache, "protect") \
         else contextlib.nullcontext()
+    batched = _prompt3_batches(p)
     with guard:
-        for i, cell in enumerate(p.cells):
+        i = 0
+        while i < len(p.cells):
             if stop is not None and stop.is_set():
                 result.stopped = True
                 break
-            result.cells.append(_run_cell(host, p, cell, result, history, outdir))
-            if on_cell is not None:
-                on_cell(i, len(p.cells), result.cells[-1])
+            batch_mates = p.cells[i + 1:i + batched.get(i, 1)]
+            made = _run_cell(host, p, p.cells[i], result, history, outdir, batch_mates)
+            for k, cell_result in enumerate(made):
+                result.cells.append(cell_result)
+                if on_cell is not None:
+                    on_cell(i + k, len(p.cells), cell_result)
+            i += len(made)
     build_outputs(result, outdir, grid_name, save_grids)
     result.seconds = time.perf_counter() - t_start
     return result
 
 
-def _run_cell(host, p: PlotPlan, cell: Cell, result: PlotResult, history: bool, outdir) -> CellResult:
+def _prompt3_batches(p: PlotPlan) -> dict[int, int]:
+    """{first cell: cells in its batch}: a prompt3 X axis generates each row's prompts as ONE batch
+    (spec §5.1; seeds seed, seed+1, ...). Its cells are consecutive and share the model (the row's
+    first merges, the others reuse it). On Y or Z the prompts would be far apart in the run, with
+    other merges in between, so there each cell generates its own prompt."""
+    xa = p.axis("x")
+    if xa is None or xa.type.id != "prompt3" or len(xa.values) < 2:
+        return {}
+    n = len(xa.values)
+    groups = {}
+    for i, cell in enumerate(p.cells):
+        row = p.cells[i:i + n]
+        if cell.index[0] == 0 and len(row) == n and all(c.action == "reuse" for c in row[1:]) \
+                and all(c.index[1:] == cell.index[1:] for c in row):
+            groups[i] = n
+    return groups
+
+
+def _run_cell(host, p: PlotPlan, cell: Cell, result: PlotResult, history: bool, outdir,
+              batch_mates: Sequence[Cell] = ()) -> list[CellResult]:
+    """Run one cell and return its result — or, with ``batch_mates`` (the rest of a prompt3 row),
+    generate the row's prompts as one batch and return every cell's result."""
     t0 = time.perf_counter()
     out = CellResult(cell)
     if cell.action == "stock":
         src = result.cells[cell.same_as]
         out.images, out.infotexts = list(src.images), list(src.infotexts)
         out.seconds = time.perf_counter() - t0
-        return out
+        return [out]
     if cell.action == "merge":
         merged = host.merge_and_load(cell.recipe, history=history)
         out.history_id = getattr(merged, "history_id", None)
@@ -137,12 +164,25 @@ def _run_cell(host, p: PlotPlan, cell: Cell, result: PlotResult, history: bool, 
         if p.plot.save_model and outdir is not None:
             result.paths.append(_save_model(cell.recipe, merged, outdir))
     t1 = time.perf_counter()
+    if batch_mates:
+        row = [cell, *batch_mates]
+        params = cell.params.with_(prompts=tuple(c.params.prompt for c in row), batch_size=len(row), batch_count=1)
+        gen = host.generate(params)
+        seconds = time.perf_counter() - t1
+        outs = [out] + [CellResult(c) for c in batch_mates]
+        for k, o in enumerate(outs):
+            o.images = [gen.images[k]] if k < len(gen.images) else []
+            o.infotexts = [gen.infotexts[k]] if k < len(gen.infotexts or []) else []
+            o.gen_seconds = seconds / len(row)
+        out.seconds = time.perf_counter() - t0
+        return outs
     gen = host.generate(cell.params)
     out.gen_seconds = time.perf_counter() - t1
     out.images = list(gen.images)
     out.infotexts = list(gen.infotexts or [])
     out.seconds = time.perf_counter() - t0
-    return out
+    return [out]
+
 
 
 def _save_model(recipe: Recipe, merged, outdir) -> Path:
