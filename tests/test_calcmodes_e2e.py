@@ -308,3 +308,16 @@ def test_cosine_statistics_are_read_once_per_pair_of_unchanged_files(small, tmp_
     changed = run(0.3)
     assert calls == ["A", "B", "A"]
     assert not torch.equal(changed[UNET_W], first[UNET_W])
+
+
+@pytest.mark.parametrize("beta, rows_from_b", [(0.25, [1, 2, 3]), (0.75, [0, 4, 5])])
+def test_tensor_exchange_moves_rows_bit_for_bit(small, beta, rows_from_b):
+    # α = .5 on 6 rows: β = .25 takes rows [1, 4) from B; β = .75 wraps (α+β = 1.25): rows [1, 4)
+    # stay A and the rest come from B. Every value is A's or B's, unchanged (the CPU path copies
+    # in the output dtype without a float32 round trip).
+    out = merge(small["sd1"], "tensor", alpha=0.5, beta=beta)
+    a, b = small["sd1"]["A"][UNET_W], small["sd1"]["B"][UNET_W]
+    got = out.state_dict[UNET_W]
+    assert got.dtype == a.dtype and got.shape[0] == 6
+    for row in range(6):
+        assert torch.equal(got[row], (b if row in rows_from_b else a)[row]), row

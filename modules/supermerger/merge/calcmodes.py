@@ -56,6 +56,9 @@ class CalcMode:
     check: Callable[[float, float, float], str | None] | None = None
     linear: bool = False  # the mode's linear formula: ratios giving exactly A or B copy the tensor
     name_beta: bool = False  # the merged model's name records beta (tensor exchange)
+    # True: fn only moves values from B into A (never computes one), so on the CPU it may work on
+    # A copied straight into the output tensor (output dtype) and B as read — no float32 round trip
+    moves_values: bool = False
     params: str = ""  # what alpha / beta / gamma mean here, for --help and the docs
 
 
@@ -119,10 +122,10 @@ for _cm in (
              params="alpha: 0 = from B, 1 = from C; beta: 0 = similar, 1 = dissimilar; gamma: selectivity (≥ 0)"),
     CalcMode("tensor", "exchange a band of rows (dim 0) between A and B instead of averaging them",
              orig.tensor, elementwise=False, modes=("weight_sum",), uses_beta=True, check=_check_tensor,
-             name_beta=True, params="alpha: width of the band from B; beta: where it starts"),
+             name_beta=True, moves_values=True, params="alpha: width of the band from B; beta: where it starts"),
     CalcMode("tensor2", "tensor, but wide tensors (dim 1 > 100) exchange columns (dim 1)",
              orig.tensor2, elementwise=False, modes=("weight_sum",), uses_beta=True, check=_check_tensor,
-             name_beta=True, params="alpha: width of the band from B; beta: where it starts"),
+             name_beta=True, moves_values=True, params="alpha: width of the band from B; beta: where it starts"),
     CalcMode("self", "scale A by alpha (B is not used); to_out, proj_out and norm keys stay",
              orig.self_scale, modes=("weight_sum",), keep=orig.skip_self_keys,
              params="alpha: the factor (0 leaves A)"),

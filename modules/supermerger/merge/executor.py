@@ -262,6 +262,10 @@ class Computer:
         ctx = MergeContext(task.key, self.plan.mode, self.gamma, self.stats, self.seed)
         fn = self.plan.calcmode.fn
         if task.whole:
+            if self._moves_in_place(task, w, out):
+                out.copy_(w.inputs["A"])  # A in the output dtype; the method moves B's values in
+                fn(out.view(task.shape), w.inputs["B"].view(task.shape), None, task.alpha, task.beta, ctx)
+                return
             out.copy_(self._whole(task, w, names, ctx, fn).reshape(-1))
             return
         offset = None
@@ -280,6 +284,17 @@ class Computer:
             r = fn(win["A"], win["B"], win.get("C"), task.alpha, task.beta, ctx)
             self._finish(r, w.start + s, n, scale, offset)
             out[s:s + n].copy_(r)
+
+    def _moves_in_place(self, task: KeyTask, w: Work, out) -> bool:
+        """A value-moving method (tensor exchange) can skip the float32 copies: every value of the
+        result is a value of A or B, and the copy into the output dtype rounds it as the float32
+        route would (float32 holds every fp16 / bf16 value exactly)."""
+        if not self.plan.calcmode.moves_values or task.adjust is not None or task.channels is not None:
+            return False
+        a, b = w.inputs["A"], w.inputs["B"]
+        return (self.device.type == "cpu" and out.device.type == "cpu" and a.device.type == "cpu"
+                and b.device.type == "cpu" and a.is_floating_point() and b.is_floating_point()
+                and out.data_ptr() != b.data_ptr())
 
     def _can_fuse(self, task: KeyTask, inputs, out) -> bool:
         if not self.lerp_ok or task.adjust is not None:

@@ -246,16 +246,23 @@ def extract(a, b, c, alpha, beta, ctx):
 # -- tensor / tensor2 (spec §2.5) ----------------------------------------------------------------
 
 def _exchange(a, b, alpha: float, beta: float, axis: int):
-    """Copy a band of slices along ``axis`` from B into A (or, past 1, from A into B)."""
+    """Copy a band of slices along ``axis`` from B into A: [β, α+β) — or, past 1, where the band
+    wraps around, everything except [α+β−1, β), which stays A. Writes only into ``a`` (B is read)."""
     n = a.shape[axis]
+
+    def band(start: int, end: int):
+        index = [slice(None)] * a.ndim
+        index[axis] = slice(start, end)
+        return tuple(index)
+
     if alpha + beta <= 1:
-        start, end, dest, src = int(n * beta), int(n * (alpha + beta)), a, b
-    else:  # the band wraps around: B everywhere except [α+β−1, β) which stays A
-        start, end, dest, src = int(n * (alpha + beta - 1)), int(n * beta), b, a
-    index = [slice(None)] * a.ndim
-    index[axis] = slice(start, end)
-    dest[tuple(index)] = src[tuple(index)]
-    return dest
+        spans = [(int(n * beta), int(n * (alpha + beta)))]
+    else:
+        spans = [(0, int(n * (alpha + beta - 1))), (int(n * beta), n)]
+    for start, end in spans:
+        if end > start:
+            a[band(start, end)] = b[band(start, end)]
+    return a
 
 
 def tensor(a, b, c, alpha, beta, ctx):
