@@ -125,10 +125,15 @@ def _limit(text: str, where: str, chance_ok: bool) -> tuple[float, float | None]
     return _number(text, where), None
 
 
+def limit_items(spec: str) -> list[str]:
+    """The values of a limit setting (comma or newline separated)."""
+    return [t.strip() for t in spec.replace("\n", ",").split(",") if t.strip()]
+
+
 def per_block(spec: str, names: Sequence[str], what: str, chance_ok: bool = False, all_names=None) -> Limits:
     """One limit per name in ``names`` from one value (broadcast) or a comma list of limits that
     follows a weight list of the same length (or SD1's 26, matched by block name)."""
-    items = [t.strip() for t in spec.replace("\n", ",").split(",") if t.strip()]
+    items = limit_items(spec)
     if len(items) == 1:
         items = items * len(names)
     if len(items) == len(names):
@@ -174,22 +179,18 @@ class Dice:
         stream = np.random.RandomState(seed)
         self.draws = stream.rand(DRAWS)
         self.chances = stream.rand(DRAWS)
-        self._element_limits: dict[str, tuple[float, float]] | None = None
+        self._element_limits: tuple[bool, dict[str, tuple[float, float]]] | None = None
 
-    _limits_by_fine = False
-
-    def _limits_by_name(self) -> dict[str, tuple[float, float]]:
-        """Each block's (upper, lower) limit for elemental draws: per block, or — when the limits
-        are a 110-value extended-XL list — per extended ID."""
-        names = self.arch.blocks
+    def _element_limits_table(self) -> tuple[bool, dict[str, tuple[float, float]]]:
+        """(by extended ID?, name -> (upper, lower)) for elemental draws: per block, or per
+        extended ID when a limit is a 110-value extended-XL list."""
         fine = self.arch.fine_blocks
-        n = len([t for t in self.settings.upper.replace("\n", ",").split(",") if t.strip()])
-        m = len([t for t in self.settings.lower.replace("\n", ",").split(",") if t.strip()])
-        if fine and len(fine) in (n, m):
-            names, self._limits_by_fine = fine, True
+        by_fine = bool(fine) and len(fine) in (len(limit_items(self.settings.upper)),
+                                               len(limit_items(self.settings.lower)))
+        names = fine if by_fine else self.arch.blocks
         up = per_block(self.settings.upper, names, "upper limit", all_names=names)
         low = per_block(self.settings.lower, names, "lower limit", chance_ok=True, all_names=names)
-        return {k: (up[k][0], low[k][0]) for k in names}
+        return by_fine, {k: (up[k][0], low[k][0]) for k in names}
 
     def resolve_list(self, items: Sequence[str], names: Sequence[str], which: str) -> tuple[list[str], dict[str, list[str]]]:
         """Replace the tokens of a weight list (positions named ``names``) by drawn numbers.
@@ -228,7 +229,8 @@ class Dice:
         """The random ratio of one key for an elemental R / U / X entry (``fine``: the key's
         extended-XL ID, used when the limits are given per extended ID)."""
         if self._element_limits is None:
-            self._element_limits = self._limits_by_name()
-        hi, lo = self._element_limits.get(fine if self._limits_by_fine else block, (1.0, 0.0))
+            self._element_limits = self._element_limits_table()
+        by_fine, table = self._element_limits
+        hi, lo = table.get(fine if by_fine else block, (1.0, 0.0))
         r = key_uniform(self.seed, key, "elemental")
         return round(_ELEMENT_DRAWS[token](r, hi, lo), self.settings.round)
