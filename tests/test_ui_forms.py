@@ -231,7 +231,18 @@ def test_gen_params_and_messages():
         forms.gen_params_from_values({"steps": 0})
     e = RecipeError("Bad thing in entry 2.", "Do this instead.")
     assert forms.message(e) == "Bad thing in entry 2. Do this instead."
-    assert forms.message(ValueError("boom")) == "ValueError: boom"
+    assert forms.message(ValueError("boom")) == "ValueError: boom (the full error is in the console)"
+
+
+def test_unexpected_error_is_one_short_line():
+    # PyTorch's load_state_dict error: a header line, then one line per parameter
+    lines = [f"\tsize mismatch for model.layer{i}.weight: copying a param with shape [4] from checkpoint" for i in range(300)]
+    err = RuntimeError("Error(s) in loading state_dict for UNetModel:\n" + "\n".join(lines))
+    text = forms.message(err)
+    assert "\n" not in text
+    assert text == "RuntimeError: Error(s) in loading state_dict for UNetModel: (the full error is in the console)"
+    long = RuntimeError("x" * 1000)
+    assert forms.message(long) == "RuntimeError: " + "x" * forms.MESSAGE_CHARS + " ... (the full error is in the console)"
 
 
 def test_output_path(tmp_path):

@@ -37,6 +37,17 @@ class MergeResult:
     seconds: float = 0.0
     notices: list[str] = field(default_factory=list)
     history_id: int | None = None  # the merge's ID in the merge history (None when not recorded)
+    pending_history: Any = None  # merge(history="deferred"): recorded by record_history(), or never
+
+    def record_history(self) -> int | None:
+        """Record a merge made with ``history="deferred"`` (once it did what it was for: a host records a
+        merge only after the merge is its live model). Returns the history ID; a second call records nothing."""
+        pending, self.pending_history = self.pending_history, None
+        if pending is not None:
+            from . import history as history_mod
+
+            history_mod.finish(pending, self)
+        return self.history_id
 
 
 ModelLike = Any  # a path, a state dict, or a Source
@@ -84,7 +95,8 @@ def plan_merge(recipe: Recipe, models: Mapping[str, ModelLike] | None = None,
 def merge(recipe: Recipe, *, models: Mapping[str, ModelLike] | None = None, output: str | os.PathLike | None = None,
           overwrite: bool | None = None, device: str | None = None,
           progress: Callable[[int, int], None] | None = None, stop: threading.Event | None = None,
-          presets: Mapping[str, str] | None = None, into: Mapping | None = None, history: bool = True) -> MergeResult:
+          presets: Mapping[str, str] | None = None, into: Mapping | None = None,
+          history: bool | str = True) -> MergeResult:
     """Merge per ``recipe``. With an output path (argument or ``recipe.output``) the result is streamed
     to that file; without one the merged state dict is returned in memory.
 
@@ -93,7 +105,9 @@ def merge(recipe: Recipe, *, models: Mapping[str, ModelLike] | None = None, outp
     every output key with the same shape (any dtype and device); ``result.state_dict`` is it.
 
     ``history``: record the merge in the merge history (``result.history_id``); a history that
-    cannot be written adds a notice and never fails the merge."""
+    cannot be written adds a notice and never fails the merge. ``"deferred"``: prepare the record but
+    write it only when ``result.record_history()`` is called (a merge that never becomes the live
+    model is never recorded)."""
     from .merge.executor import execute
     from .merge.metadata import build_metadata
 
@@ -168,7 +182,9 @@ def merge(recipe: Recipe, *, models: Mapping[str, ModelLike] | None = None, outp
         for s in plan.sources.values():
             s.close()
     result.seconds = time.perf_counter() - t0
-    if history:
+    if history == "deferred":
+        result.pending_history = pending
+    elif history:
         history_mod.finish(pending, result)
     return result
 

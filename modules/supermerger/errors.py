@@ -35,6 +35,18 @@ class OutputError(SuperMergerError):
     """The output cannot be written (exists, directory missing, disk full...)."""
 
 
+class LiveModelError(SuperMergerError):
+    """A merge cannot go into the host's live model. Raised before anything is written: the live model
+    is still exactly what it was."""
+
+
+def some(items: Iterable[str], n: int = 3) -> str:
+    """The first ``n`` of ``items`` and how many more, for messages: "'a', 'b', 'c' and 12 more"."""
+    items = list(items)
+    shown = ", ".join(repr(str(i)) for i in items[:n])
+    return shown + (f" and {len(items) - n} more" if len(items) > n else "")
+
+
 def suggest(name: str, choices: Iterable[str], n: int = 3) -> str:
     """'did you mean ...?' text for an unknown ``name`` among ``choices`` ('' if nothing close)."""
     choices = list(choices)

@@ -98,21 +98,33 @@ class Host(ABC):
 
     def merge_and_load(self, recipe, *, models: Mapping | None = None, name: str | None = None, **merge_kwargs):
         """Merge per ``recipe`` and make the result the live model. Hosts that can merge straight into
-        their live parameters override this; the default merges in memory and loads the result."""
+        their live parameters override this; the default merges in memory and loads the result.
+        The merge is recorded in the history (``history``, default True) only once it is the live model:
+        a load that fails records nothing."""
         import inspect
 
         from ..api import merge
         from .mergeinfo import merge_fields
 
-        result = merge(recipe, models=models, **merge_kwargs)
+        record = merge_kwargs.pop("history", True)
+        result = merge(recipe, models=models, history="deferred" if record else False, **merge_kwargs)
         name = name or result.name
         extra = {}
-        if "infotext" in inspect.signature(self.load_state_dict).parameters:
-            # images of the merge name its history ID and recipe, as the standalone host's do
+        takes_fields = "infotext" in inspect.signature(self.load_state_dict).parameters
+        if takes_fields:
+            # images of the merge name its recipe (and, once recorded, its history ID), as the standalone host's do
             extra["infotext"] = merge_fields(name, result, result.plan.recipe)
-        self.load_state_dict(result.state_dict, name, recipe=recipe, **extra)
-        result.state_dict = None  # the merged copy is not kept
+        try:
+            self.load_state_dict(result.state_dict, name, recipe=recipe, **extra)
+        finally:
+            result.state_dict = None  # the merged copy is not kept
+        if record and result.record_history() is not None and takes_fields:
+            self.set_merge_fields(merge_fields(name, result, result.plan.recipe))
         return result
+
+    def set_merge_fields(self, fields: Mapping[str, Any]) -> None:
+        """The infotext fields that images of the live merge carry (``mergeinfo.merge_fields``), once its
+        history ID is known. Hosts whose ``load_state_dict`` takes ``infotext`` override it."""
 
     @property
     @abstractmethod

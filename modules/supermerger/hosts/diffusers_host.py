@@ -370,9 +370,14 @@ class DiffusersHost(Host):
             for s in plan.sources.values():
                 s.close()
         if not self._fits(arch, shapes):
-            result = merge(recipe, models=models, **merge_kwargs)
-            self.build(result.state_dict, name or result.name)
-            result.state_dict = None
+            record = merge_kwargs.pop("history", True)
+            result = merge(recipe, models=models, history="deferred" if record else False, **merge_kwargs)
+            try:
+                self.build(result.state_dict, name or result.name)
+            finally:
+                result.state_dict = None
+            if record:
+                result.record_history()  # only a merge that became the live pipeline is recorded
             self._after_swap(name or result.name, infotext, result)
             return result
         t0 = time.perf_counter()

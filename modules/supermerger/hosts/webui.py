@@ -193,6 +193,9 @@ class WebUIHost(Host):
         self._name = name
         self._extra_info = dict(infotext or {})
 
+    def set_merge_fields(self, fields: Mapping[str, Any]) -> None:
+        self._extra_info = dict(fields)
+
     # -- generating ---------------------------------------------------------------------------
     def processing_object(self, params: GenParams):
         processing, shared = _modules()[1], _modules()[5]

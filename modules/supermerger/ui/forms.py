@@ -308,8 +308,16 @@ def elemental_check(text: str, recipe: Recipe | None, plan_fn: Callable[[Recipe]
         return "Error: " + message(e)
 
 
+MESSAGE_CHARS = 240  # the most of an unexpected error's text the status shows
+
+
 def message(exc: BaseException) -> str:
     """A SuperMergerError (or any exception) as the one readable text the UI shows."""
     if isinstance(exc, SuperMergerError):
         return exc.message if not exc.hint else f"{exc.message} {exc.hint}"
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    # a bug: one line (the first of its text, cut short), never a wall of text; the console has the rest
+    first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+    if len(first) > MESSAGE_CHARS:
+        first = first[:MESSAGE_CHARS].rstrip() + " ..."
+    text = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    return text + " (the full error is in the console)"
