@@ -13,6 +13,12 @@ torch.set_num_threads(1)
 from supermerger.testing.synthetic import write_checkpoint
 
 
+def pytest_collection_modifyitems(config, items):
+    """The live tests (tests/live: real WebUIs, minutes each) run after every unit test, so the unit tests
+    report first and the hosts' venvs, built in the background by .ci/run, are ready by then."""
+    items.sort(key=lambda item: "live" in item.nodeid.split("/")[:2])
+
+
 @pytest.fixture(autouse=True)
 def _isolated_data_dir(tmp_path_factory, monkeypatch):
     home = tmp_path_factory.mktemp("smhome")

@@ -2,8 +2,8 @@
 snapshots in ``../shared/hosts/`` with SuperMerger installed from this checkout, started headless and
 offline. Skipped, with the reason, when the snapshots are absent.
 
-Each host runs once per test session (module ``a1111`` or ``forge`` fixture); tests share it and
-must leave it with a loaded checkpoint. The console is kept: ``host.assert_clean_console()`` fails on
+Each host runs once per test module (fixture ``a1111`` or ``forge``), so only one is up at a time; the
+tests of a module share it and must leave it with a loaded checkpoint. The console is kept: ``host.assert_clean_console()`` fails on
 any traceback or error line the extension could have caused.
 """
 
@@ -110,14 +110,14 @@ def forge_checkpoints(tree: Path, ckpt_dir: Path, hf: Path) -> None:
         models.link_into(ckpt_dir, models.full_sd1(name, seed), f"{name}.safetensors")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def a1111(tmp_path_factory):
     host = _bring_up("a1111", tmp_path_factory, a1111_checkpoints)
     yield host
     host.server.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def forge(tmp_path_factory):
     host = _bring_up("forge", tmp_path_factory, forge_checkpoints)
     yield host

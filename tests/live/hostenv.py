@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
@@ -87,6 +88,13 @@ def _run(cmd, log, **kw):
 def build_venv(spec: HostSpec, folder: Path, log=sys.stderr) -> Path:
     """The host's own venv (Python 3.11), built once per snapshot hash; returns its python."""
     base = cache_root() / f"{spec.key}-{snapshot_hash(spec, folder)}"
+    base.mkdir(parents=True, exist_ok=True)
+    with open(base / "build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # .ci/run may be building it already, in the background
+        return _build_venv(spec, folder, base, log)
+
+
+def _build_venv(spec: HostSpec, folder: Path, base: Path, log) -> Path:
     venv = base / "venv"
     python = venv / "bin" / "python"
     done = base / "venv.complete"
@@ -102,8 +110,10 @@ def build_venv(spec: HostSpec, folder: Path, log=sys.stderr) -> Path:
     site = subprocess.check_output([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                    text=True).strip()
     _run([python, folder / "patch_torchvision.py", site], log)
-    tree = unpack(spec, folder)
-    reqs = [line for line in (tree / "requirements_versions.txt").read_text().splitlines()
+    with tarfile.open(folder / spec.tarball) as tar:
+        member = tar.extractfile(f"{spec.top}/requirements_versions.txt")
+        lines = member.read().decode().splitlines()
+    reqs = [line for line in lines
             if not line.startswith("setuptools")]
     req_file = base / "requirements.txt"
     req_file.write_text("\n".join(reqs) + "\n")
