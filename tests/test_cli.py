@@ -84,3 +84,50 @@ def test_listings(models, capsys):
     assert "OUT11  model.diffusion_model.out.2.weight" in out
     assert main(["calcmodes"]) == 0
     assert "normal" in capsys.readouterr().out
+
+
+def test_dry_run_checks_the_output(models, tmp_path, capsys):
+    """--dry-run refuses what the real run would refuse: an existing output without --overwrite, a
+    missing folder (it once said "nothing was read or written" and the real run then failed)."""
+    a, b = str(models[("sd1", "A")]), str(models[("sd1", "B")])
+    existing = tmp_path / "out.safetensors"
+    existing.write_bytes(b"keep me")
+    assert main(["merge", "-a", a, "-b", b, "-o", str(existing), "--dry-run"]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main(["merge", "-a", a, "-b", b, "-o", str(existing), "--dry-run", "--overwrite"]) == 0
+    assert existing.read_bytes() == b"keep me"
+    missing = tmp_path / "no" / "such" / "out.safetensors"
+    assert main(["merge", "-a", a, "-b", b, "-o", str(missing), "--dry-run"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_bad_option_value_is_one_line_not_the_usage(capsys):
+    import pytest
+
+    with pytest.raises(SystemExit) as e:
+        main(["merge", "--alpha", "abc"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2
+    assert err.splitlines() == ["supermerger merge: error: argument --alpha: invalid float value: 'abc'",
+                                "Run `supermerger merge --help` for the options."]
+
+
+def test_output_cut_short_by_the_reader_is_not_a_traceback(tmp_path):
+    """`supermerger lora presets | head -1` once ended in a BrokenPipeError traceback."""
+    env = {**__import__("os").environ, "SUPERMERGER_HOME": str(tmp_path)}
+    proc = subprocess.run(f"{sys.executable} -m supermerger lora presets | head -1", shell=True, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.stdout.count("\n") == 1
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
+
+
+def test_history_stats_takes_ids_separated_by_spaces(models, tmp_path, capsys):
+    a, b = str(models[("sd1", "A")]), str(models[("sd1", "B")])
+    for alpha in ("0.2", "0.6"):
+        assert main(["merge", "-a", a, "-b", b, "--alpha", alpha, "--mbw-alpha", "GRAD_V",
+                     "-o", str(tmp_path / f"m{alpha}.safetensors")]) == 0
+    capsys.readouterr()
+    assert main(["history", "stats", "1", "2"]) == 0
+    spaced = capsys.readouterr().out
+    assert main(["history", "stats", "1,2"]) == 0
+    assert capsys.readouterr().out == spaced and "IN01" in spaced

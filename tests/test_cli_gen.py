@@ -120,3 +120,27 @@ def test_sdxl_demo_models_have_both_vocabularies(_isolated_data_dir):
     assert a.endswith("demoXL_A.safetensors") and b.endswith("demoXL_B.safetensors")
     rows = [i.shape[0] for k, i in read_header(b).tensors.items() if k.endswith("token_embedding.weight")]
     assert rows == [49408, 49408]
+
+
+@pytest.mark.parametrize("command", ["gen", "xyz"])
+def test_random_seed_and_image_seed_are_separate(command, models):
+    """`--random-seed 5 --seed 1`: the merge's random draws use 5, the image uses seed 1 (they once shared
+    one argparse dest, so the image seed silently became the merge seed)."""
+    from supermerger.cli import _recipe_from_args, build_parser
+
+    argv = [command, "-a", str(models[("sd1", "A")]), "-b", str(models[("sd1", "B")]), "--random-seed", "5",
+            "--seed", "1"]
+    if command == "xyz":
+        argv += ["--x", "alpha:0.2,0.4"]
+    args = build_parser().parse_args(argv)
+    assert args.seed == 1
+    assert _recipe_from_args(args).seed == 5
+
+
+def test_merge_takes_seed_as_the_random_seed(models):
+    from supermerger.cli import _recipe_from_args, build_parser
+
+    for opt in ("--seed", "--random-seed"):
+        args = build_parser().parse_args(["merge", "-a", str(models[("sd1", "A")]), "-b", str(models[("sd1", "B")]),
+                                          opt, "7"])
+        assert _recipe_from_args(args).seed == 7

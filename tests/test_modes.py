@@ -7,6 +7,7 @@ import torch
 
 import supermerger
 from supermerger import Recipe
+from supermerger.errors import RecipeError
 
 from helpers import assert_close_dtype, load, merged_keys
 
@@ -69,13 +70,13 @@ def test_triple_sum_alpha_beta_zero_gives_a(models):
     assert all(torch.equal(out[k], A[k]) for k in A)
 
 
-def test_empty_c_uses_a_with_notice(models):
-    A, B = load(models[("sd1", "A")]), load(models[("sd1", "B")])
-    result = supermerger.merge(Recipe(model_a=str(models[("sd1", "A")]), model_b=str(models[("sd1", "B")]),
-                                      mode="add_difference", alpha=0.5))
-    assert any("model A is used as C" in n for n in result.notices)
-    k = "model.diffusion_model.input_blocks.1.1.proj_in.weight"
-    assert_close_dtype(result.state_dict[k], A[k].float() + 0.5 * (B[k].float() - A[k].float()), A[k].dtype, k)
+def test_a_mode_that_needs_c_refuses_without_it(models):
+    """Add difference without model C is refused before anything is read (it once ran as a plain weight
+    sum, A + α(B − A), with a notice afterwards)."""
+    for mode in ("add_difference", "triple_sum", "sum_twice"):
+        with pytest.raises(RecipeError, match="needs model C and none was given"):
+            supermerger.merge(Recipe(model_a=str(models[("sd1", "A")]), model_b=str(models[("sd1", "B")]),
+                                     mode=mode, alpha=0.5))
 
 
 def test_model_a_dtype_is_kept_and_cast_options(models):

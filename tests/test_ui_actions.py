@@ -32,6 +32,9 @@ class MemoryHost(Host):
     def load_state_dict(self, state_dict, name, *, recipe=None, infotext=None):
         self.live, self._name, self.infotext = dict(state_dict), name, dict(infotext or {})
 
+    def set_merge_fields(self, fields):
+        self.infotext = dict(fields)
+
     @property
     def model_name(self):
         return self._name

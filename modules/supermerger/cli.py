@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import textwrap
 from pathlib import Path
@@ -68,7 +69,7 @@ def _add_merge_args(p: argparse.ArgumentParser, gen: bool = False) -> None:
     g.add_argument("--include", metavar="LIST", help='merge only these blocks / key substrings, e.g. "IN04 OUT05 attn2"')
     g.add_argument("--exclude", metavar="LIST", help='keep these blocks / key substrings from A, e.g. "BASE VAE"')
     g.add_argument("--adjust", metavar="8 VALUES", help="IN,OUT,OUT2,CONT,BRI,COL1,COL2,COL3 detail/colour tweak")
-    g.add_argument(*(("--random-seed",) if gen else ("--seed", "--random-seed")), dest="seed", type=int,
+    g.add_argument(*(("--random-seed",) if gen else ("--seed", "--random-seed")), dest="random_seed", type=int,
                    help="seed of every random draw (dice roll, plus random, dare); -1 draws one, which is recorded "
                    "in the output's recipe")
     g.add_argument("--device", help="cpu (default) or cuda")
@@ -127,8 +128,16 @@ def _calcmode_list() -> str:
     return "\n".join(lines) + "\n"
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, whose errors are one line and a pointer to --help (not the whole usage, which
+    for `merge` is twenty lines that bury the one that matters)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\nRun `{self.prog} --help` for the options.\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="supermerger",
         description="SuperMerger: merge Stable Diffusion checkpoints (SD1.x, SD2.x, SDXL) with block weights, "
                     "elemental merge and calculation modes, streaming with little memory.",
@@ -179,7 +188,7 @@ def _add_history_parser(sub) -> None:
     sh.add_argument("id", type=int, help="the ID; -1 = the last merge, -2 = the one before")
     sh.add_argument("--json", action="store_true", help="print the record as JSON")
     st = hs.add_parser("stats", help="per-block mean and standard deviation of the alpha weights of some merges")
-    st.add_argument("ids", help="comma-separated IDs, e.g. 12,15,-1")
+    st.add_argument("ids", nargs="+", help="IDs separated by spaces or commas, e.g. 12 15 -1 or 12,15,-1")
     ids = hs.add_parser("ids", help="the merge IDs written into PNG images' parameters (' ID <n>')")
     ids.add_argument("images", nargs="+", help="PNG files")
     imp = hs.add_parser("import", help="append the records of the original extension's mergehistory.csv")
@@ -202,7 +211,7 @@ def _recipe_from_args(args) -> "Recipe":
                "mbw_beta": "mbw_beta", "elemental": "elemental", "extended_xl": "extended_xl",
                "include": "include", "exclude": "exclude",
                "adjust": "adjust", "dtype": "dtype", "prune": "prune", "reset_clip_ids": "reset_clip_ids", "metadata": "metadata",
-               "bake_vae": "bake_vae", "output": "output", "overwrite": "overwrite", "seed": "seed",
+               "bake_vae": "bake_vae", "output": "output", "overwrite": "overwrite", "random_seed": "seed",
                "device": "device"}
     changes = {}
     for attr, field in mapping.items():
@@ -281,9 +290,6 @@ def cmd_merge(args) -> int:
 
         atomic_write_text(args.save_recipe, recipe.to_json())
         print(f"recipe saved : {args.save_recipe}")
-    if args.dry_run:
-        print("dry run: nothing was read or written.")
-        return 0
     for s in plan.sources.values():
         s.close()
     output = recipe.output
@@ -292,6 +298,12 @@ def cmd_merge(args) -> int:
 
         output = default_filename(plan.name, variant=plan.variant, fp16=recipe.dtype == "fp16")
         print(f"output       : {output} (use --output to choose)")
+    if args.dry_run:
+        from .io.atomic import check_output_path
+
+        check_output_path(output, bool(recipe.overwrite))  # the real run would refuse it: so does the dry run
+        print("dry run: nothing was read or written.")
+        return 0
     progress = None if args.quiet else _progress_bar()
     try:
         result = merge(recipe, output=output, progress=progress, history=not args.no_history)
@@ -397,7 +409,7 @@ def cmd_history(args) -> int:
         else:
             print("\n".join(_record_lines(rec)))
     elif action == "stats":
-        print(history.weight_stats(args.ids, hist).text())
+        print(history.weight_stats(",".join(args.ids), hist).text())
     elif action == "ids":
         found = history.ids_from_png(args.images)
         print(",".join(map(str, found)) if found else "no merge ID in these images")
@@ -520,16 +532,12 @@ def main(argv: list[str] | None = None) -> int:
         # A fresh 59 MB temporary otherwise costs ~22 ms of page faults (1.5 ns per value, more than
         # the arithmetic on it); with huge pages ~6 ms. torch reads this once, before its first
         # allocation, so it must be set before torch is imported; an explicit setting wins.
-        import os
-
         os.environ.setdefault(THP_ENV, "1")
     code = _main(argv)
     if argv is None and "torch" in sys.modules:
         # Run as the program (not called with arguments from Python): skip the interpreter's
         # teardown of torch, which takes ~0.4 s — a sixth of a whole SD1.5 merge. Everything the
         # command wrote is closed and renamed already; only stdio buffers remain to flush.
-        import os
-
         if "logging" in sys.modules:
             sys.modules["logging"].shutdown()
         sys.stdout.flush()
@@ -549,6 +557,11 @@ def _main(argv: list[str] | None) -> int:
                "ui": cmd_ui, "xyz": cmd_xyz, "queue": cmd_queue}[args.command]
     try:
         return handler(args)
+    except BrokenPipeError:
+        # the reader went away (`supermerger lora presets | head`): stop quietly, as other tools do
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except SuperMergerError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -177,18 +177,10 @@ def _keep_on_prune(key: str, arch: Architecture) -> bool:
     return key.startswith(prefixes)
 
 
-def _resolve_models(recipe: Recipe, mode: MergeMode, notices: list[str]) -> dict[str, str]:
-    if not recipe.model_a or not recipe.model_b:
-        missing = "A" if not recipe.model_a else "B"
-        raise RecipeError(f"Model {missing} is not set: {mode.label} needs models {', '.join(mode.models)}.")
-    models = {"A": recipe.model_a, "B": recipe.model_b}
-    if mode.needs_c:
-        if recipe.model_c:
-            models["C"] = recipe.model_c
-        else:
-            models["C"] = recipe.model_a
-            notices.append(f"{mode.label} needs model C and none was given: model A is used as C.")
-    return models
+def _no_model_c(mode: MergeMode) -> RecipeError:
+    # refused before any work, as the original does (it once ran as A + α(B − A), a plain weight sum)
+    return RecipeError(f"{mode.label} needs model C and none was given.",
+                       "Choose model C (--model-c, model_c), or use Weight sum.")
 
 
 def build_plan(recipe: Recipe, sources: Mapping[str, Source], presets: Mapping[str, str] | None = None) -> MergePlan:
@@ -211,8 +203,7 @@ def build_plan(recipe: Recipe, sources: Mapping[str, Source], presets: Mapping[s
         raise RecipeError(f"calcmode {calcmode.id} needs model C: the base model that A and B were both "
                           "fine-tuned from.", "Give --model-c (model_c).")
     if mode.needs_c and c is None:
-        c = a
-        notices.append(f"{mode.label} needs model C and none was given: model A is used as C.")
+        raise _no_model_c(mode)
     shapes_a = {k: v.shape for k, v in a.tensors.items()}
     arch = archmod.detect(a.tensors, shapes_a, f"model A ({a.name})")
     for label, src in (("B", b), ("C", c)):
