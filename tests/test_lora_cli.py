@@ -11,6 +11,7 @@ from safetensors.torch import load_file, save_file
 from supermerger.cli import main
 from supermerger.lora import dims as dimsmod
 from supermerger.lora import lora_dims
+from supermerger.testing.synthetic import write_checkpoint
 
 from test_lora_common import factors, one_thread  # noqa: F401 (fixture)
 
@@ -128,3 +129,12 @@ def test_cli_merge_make_extract_dims_presets(tmp_path, capsys, lora_folder):
     assert "OUTD" in capsys.readouterr().out
     assert main(["lora", "merge", f"{pa}:1", "--metadata", "bogus", "-o", str(tmp_path / "m.safetensors")]) == 2
     assert "Unknown metadata mode" in capsys.readouterr().err
+
+
+def test_dims_leaves_checkpoints_out_of_the_lora_count(tmp_path, capsys, lora_folder):
+    """A checkpoint beside the LoRAs is no LoRA: not listed, not counted (it once made "7 LoRA files")."""
+    write_checkpoint(lora_folder / "a_checkpoint.safetensors", "sd1", seed=1)
+    assert main(["lora", "dims", str(lora_folder)]) == 0
+    text = capsys.readouterr().out
+    assert "a_checkpoint" not in text
+    assert f"6 LoRA files in {lora_folder} (1 other file there, not LoRAs, left out)" in text

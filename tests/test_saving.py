@@ -230,3 +230,20 @@ def test_stale_temp_files_only_of_dead_writers_are_removed(tmp_path):
     removed = remove_stale_partials(out, now=now)
     assert [p.name for p in removed] == [names["dead_old"]]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(n for k, n in names.items() if k != "dead_old")
+
+
+def test_weight_sum_metadata_has_no_model_c_and_names_read_cleanly(models, tmp_path):
+    """A weight sum has no model C: its metadata names none (it once stored model A's hash as C); merged
+    names have no stray spaces ("(B -  C)", "+B")."""
+    import hashlib
+
+    p = paths(models)
+    out = tmp_path / "ws.safetensors"
+    supermerger.merge(Recipe(model_a=p["model_a"], model_b=p["model_b"], alpha=0.3), output=out)
+    with safe_open(str(out), "pt") as f:
+        rec = json.loads(f.metadata()["sd_merge_recipe"])
+    assert rec["model_c"] == "" and rec["model_a"] == hashlib.sha256(models[("sd1", "A")].read_bytes()).hexdigest()
+    ad = supermerger.merge(Recipe(mode="add_difference", calcmode="trainDifference", **p), history=False)
+    assert ad.name == "sd1_A + (sd1_B - sd1_C) x 0.5_trainDifference"
+    st = supermerger.merge(Recipe(mode="sum_twice", alpha=0.5, beta=0.25, **p), history=False)
+    assert st.name == "(sd1_A x 0.5 + sd1_B x 0.5) x 0.75 + sd1_C x 0.25"

@@ -259,7 +259,9 @@ def _extract(args) -> int:
 def _dims(args) -> int:
     from .dims import lora_dims, write_csv
 
-    infos = lora_dims(args.folder, use_cache=not args.no_cache)
+    found = lora_dims(args.folder, use_cache=not args.no_cache)
+    infos = [i for i in found if i.is_lora]
+    others = len(found) - len(infos)
     width = max((len(i.name) for i in infos), default=4)
     print(f"{'name':<{width}}  {'dim':>5} {'conv':>5}  {'type':<7} {'version':<8} modules")
     for i in infos:
@@ -267,7 +269,8 @@ def _dims(args) -> int:
         conv = "" if i.conv_dim is None else str(i.conv_dim)
         line = f"{i.name:<{width}}  {dim:>5} {conv:>5}  {i.type:<7} {i.version:<8} {i.modules}"
         print(line + (f"  ({i.error})" if i.error else ""))
-    print(f"{len(infos)} LoRA files in {args.folder}")
+    print(f"{len(infos)} LoRA files in {args.folder}"
+          + (f" ({others} other file{'s' if others != 1 else ''} there, not LoRAs, left out)" if others else ""))
     if args.csv:
         write_csv(infos, args.csv)
         print(f"written: {args.csv}")

@@ -17,6 +17,7 @@ from ..paths import data_dir
 from .formats import LORA_EXTS, LoraFile, NotALoraError, load_lora
 from .keymap import detect_lora_arch
 
+NOT_A_LORA = "not a LoRA"
 VERSION_LABELS = {"sd1": "SD1", "sd2": "SD2", "sdxl": "SDXL"}
 
 
@@ -30,6 +31,11 @@ class LoraInfo:
     version: str  # SD1, SD2, SDXL, Flux, unknown
     modules: int = 0
     error: str = ""
+
+    @property
+    def is_lora(self) -> bool:
+        """False for a file that is no LoRA at all (a checkpoint, an embedding beside the LoRAs)."""
+        return self.error != NOT_A_LORA
 
     def label(self) -> str:
         """``name[dim,type,version]`` as the original's list shows it (type omitted for LoRA)."""
@@ -48,7 +54,7 @@ def inspect_lora(path: str | os.PathLike) -> LoraInfo:
         with load_lora(path) as lora:
             return _info(lora, name, str(path))
     except NotALoraError:
-        return LoraInfo(name, str(path), None, None, "unknown", "unknown", 0, "not a LoRA")
+        return LoraInfo(name, str(path), None, None, "unknown", "unknown", 0, NOT_A_LORA)
     except SuperMergerError as e:
         return LoraInfo(name, str(path), None, None, "unknown", "unknown", 0, e.message)
 

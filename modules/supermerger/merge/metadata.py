@@ -38,7 +38,7 @@ def build_metadata(plan: MergePlan, recipe: Recipe, hashes: dict[str, str], lega
         "weights_beta_orig": format_weights(plan.block_beta) if plan.block_beta is not None else None,
         "model_a": sha.get("A", ""),
         "model_b": sha.get("B", ""),
-        "model_c": sha.get("C", sha.get("A", "")),
+        "model_c": sha.get("C", ""),  # no C in the merge (a weight sum): no hash, not A's
         "base_alpha": plan.block_alpha[0] if plan.block_alpha is not None else r.alpha,
         "base_beta": plan.block_beta[0] if plan.block_beta is not None else r.beta,
         "mode": plan.mode.label,

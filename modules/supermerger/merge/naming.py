@@ -1,4 +1,5 @@
-"""Merged model names and default file names, as the original builds them (spec §8.4)."""
+"""Merged model names and default file names, as the original builds them (spec §8.4), without its
+stray spaces ("(B -  C)", "+B"); file names drop every space, so they are the original's."""
 
 from __future__ import annotations
 
@@ -16,13 +17,13 @@ def merged_name(mode_id: str, a: str, b: str, c: str | None, alpha: float, beta:
         name = f"{a} x {_r(1 - alpha)} + {b} x {_r(alpha)}" if mbw_alpha is None else \
             f"{a} x (1-alpha) + {b} x alpha ({mbw_alpha})"
     elif mode_id == "add_difference":
-        name = f"{a} + ({b} -  {c}) x {_r(alpha)}" if mbw_alpha is None else \
+        name = f"{a} + ({b} - {c}) x {_r(alpha)}" if mbw_alpha is None else \
             f"{a} + ({b} - {c}) x alpha ({mbw_alpha})"
     elif mode_id == "triple_sum":
         name = f"{a} x {_r(1 - alpha - beta)} + {b} x {_r(alpha)} + {c} x {_r(beta)}" if mbw_alpha is None else \
             f"{a} x (1-alpha-beta) + {b} x alpha + {c} x beta (alpha:{mbw_alpha},beta:{mbw_beta})"
     else:
-        name = f"({a} x {_r(1 - alpha)} +{b} x {_r(alpha)}) x {_r(1 - beta)} + {c} x {_r(beta)}" if mbw_alpha is None else \
+        name = f"({a} x {_r(1 - alpha)} + {b} x {_r(alpha)}) x {_r(1 - beta)} + {c} x {_r(beta)}" if mbw_alpha is None else \
             f"({a} x (1-alpha) + {b} x alpha) x (1-beta) + {c} x beta (alpha:{mbw_alpha},beta:{mbw_beta})"
     if calcmode != "normal":
         name += f"_{calcmode.replace(' ', '')}"
