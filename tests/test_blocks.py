@@ -188,3 +188,29 @@ def test_dry_run_reports_matches_per_elemental_entry(models):
     assert "overridden by a later entry" in lines[1]
     assert "decides     1" in lines[2] and "warning" not in lines[2]
     assert "matches no key" in lines[3]
+
+
+def test_time_embed_block_replays_the_old_convention(models):
+    """time_embed takes IN00's ratio (spec); time_embed_block="OUT11" gives it OUT11's, as the original's
+    releases before its SDXL rework did: 4 tensors change, nothing else. Checked against (1-r)A + rB with
+    r read from the weight list by hand."""
+    weights = [0.0] * 26
+    weights[1] = 0.25   # IN00
+    weights[-1] = 1.0   # OUT11
+    a, b = load(models[("sd1", "A")]), load(models[("sd1", "B")])
+    base = dict(model_a=str(models[("sd1", "A")]), model_b=str(models[("sd1", "B")]), mbw_alpha=weights)
+    new = supermerger.merge(Recipe(**base), history=False).state_dict
+    old = supermerger.merge(Recipe(**base, time_embed_block="OUT11"), history=False).state_dict
+    te = [k for k in a if k.startswith("model.diffusion_model.time_embed.")]
+    assert len(te) == 4
+    for k in te:
+        for ratio, out in ((0.25, new), (1.0, old)):
+            expect = (a[k].float() * (1 - ratio) + b[k].float() * ratio).to(a[k].dtype)
+            assert torch.equal(out[k], expect), k
+    assert all(torch.equal(new[k], old[k]) for k in a if k not in te)
+
+
+def test_time_embed_block_must_be_a_block_of_the_model(models):
+    with pytest.raises(RecipeError, match="Unknown block ID 'OUT12' \\(time_embed_block\\)"):
+        supermerger.plan_merge(Recipe(model_a=str(models[("sd1", "A")]), model_b=str(models[("sd1", "B")]),
+                                      time_embed_block="OUT12"))

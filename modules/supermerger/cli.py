@@ -66,6 +66,9 @@ def _add_merge_args(p: argparse.ArgumentParser, gen: bool = False) -> None:
     g.add_argument("--extended-xl", action="store_true", default=None,
                    help="SDXL: elemental BLOCKS are the 110 extended XL IDs (IN715, MID10, OUT9, TIME, ...; "
                         "`supermerger blocks --arch sdxl` lists them)")
+    g.add_argument("--time-embed-block", metavar="BLOCK", help="the block whose ratio the U-Net's time embedding "
+                   "takes (default IN00); OUT11 replays block-weight merges of the original's releases that put it "
+                   "there")
     g.add_argument("--include", metavar="LIST", help='merge only these blocks / key substrings, e.g. "IN04 OUT05 attn2"')
     g.add_argument("--exclude", metavar="LIST", help='keep these blocks / key substrings from A, e.g. "BASE VAE"')
     g.add_argument("--adjust", metavar="8 VALUES", help="IN,OUT,OUT2,CONT,BRI,COL1,COL2,COL3 detail/colour tweak")
@@ -209,6 +212,7 @@ def _recipe_from_args(args) -> "Recipe":
     mapping = {"model_a": "model_a", "model_b": "model_b", "model_c": "model_c", "mode": "mode",
                "calcmode": "calcmode", "alpha": "alpha", "beta": "beta", "gamma": "gamma", "mbw_alpha": "mbw_alpha",
                "mbw_beta": "mbw_beta", "elemental": "elemental", "extended_xl": "extended_xl",
+               "time_embed_block": "time_embed_block",
                "include": "include", "exclude": "exclude",
                "adjust": "adjust", "dtype": "dtype", "prune": "prune", "reset_clip_ids": "reset_clip_ids", "metadata": "metadata",
                "bake_vae": "bake_vae", "output": "output", "overwrite": "overwrite", "random_seed": "seed",

@@ -32,6 +32,7 @@ from .weights import fine_ratio, format_weights, has_random, is_fine, list_names
 DTYPE_CODES = {"fp16": "F16", "bf16": "BF16", "fp32": "F32"}
 INPAINT_KEY = "model.diffusion_model.input_blocks.0.0.weight"
 VAE_PREFIX = "first_stage_model."
+TIME_EMBED = "model.diffusion_model.time_embed."
 
 
 @dataclass
@@ -226,6 +227,9 @@ def build_plan(recipe: Recipe, sources: Mapping[str, Source], presets: Mapping[s
         key_filter = parse_filter("exclude", recipe.exclude, arch)
     adjust_values = adjustmod.parse_adjust(recipe.adjust)
     adjust_ops = adjustmod.adjust_ops(adjust_values, arch)
+    time_embed_block = None
+    if recipe.time_embed_block:
+        time_embed_block = arch.check_block(recipe.time_embed_block.strip().upper(), " (time_embed_block)")
 
     inputs = {"A": a, "B": b}
     if c is not None:
@@ -242,6 +246,8 @@ def build_plan(recipe: Recipe, sources: Mapping[str, Source], presets: Mapping[s
         if key.startswith(arch.drop_on_save):
             continue
         block = arch.block_of(key) if key.startswith("model.diffusion_model.") or _eligible(key) else None
+        if time_embed_block and key.startswith(TIME_EMBED):
+            block = time_embed_block
         out_dtype = _out_dtype(key, info, recipe.dtype)
         present = all(key in s.tensors for s in inputs.values())
         if not _eligible(key) or key in arch.ignored_keys or not present or not info.is_float:

@@ -38,6 +38,9 @@ class Recipe:
     # SDXL: elemental BLOCKS name the 110 "extended XL" IDs (IN715, MID10, OUT9, TIME...) instead of the
     # 20 blocks (the original's "use extended XL" checkbox)
     extended_xl: bool = False
+    # The block whose ratio the U-Net's time embedding (time_embed.*, 4 tensors) takes: None = IN00, as the
+    # spec says; "OUT11" replays MBW merges of the original's releases that put it there (README, MBW).
+    time_embed_block: str | None = None
     include: str | None = None
     exclude: str | None = None
     adjust: str = ""
@@ -121,6 +124,9 @@ class Recipe:
         if not isinstance(self.calcmode, str):
             raise RecipeError(f"{source}: calcmode must be a name, got {self.calcmode!r}.")
         get_calcmode(self.calcmode)  # an unknown name fails here, with the nearest suggested
+        if self.time_embed_block is not None and not isinstance(self.time_embed_block, str):
+            raise RecipeError(f"{source}: time_embed_block must be a block ID such as OUT11, "
+                              f"got {self.time_embed_block!r}.")
         if self.include and self.exclude:
             raise RecipeError(f"{source}: include and exclude cannot both be set; use one of them.")
         for name in ("mbw_alpha", "mbw_beta"):
