@@ -67,7 +67,21 @@ def test_dice_roll_seed_is_recorded_and_replayed(models):
     assert rec.effective_alpha == first.plan.block_alpha
     again = supermerger.merge(history.restore(-1))
     assert again.plan.block_alpha == first.plan.block_alpha and same(first.state_dict, again.state_dict)
-    assert history.get(-1).id == 2 and history.get(-2).id == 1
+    # the same merge in memory again (same recipe, seed and model hashes) is the same record
+    assert again.history_id == first.history_id == history.get(-1).id and History().count() == 1
+
+
+def test_a_repeated_merge_in_memory_reuses_its_record_and_anything_else_adds_one(models, tmp_path):
+    a, b = str(models[("sd1", "A")]), str(models[("sd1", "B")])
+    first = supermerger.merge(Recipe(model_a=a, model_b=b, alpha=0.3))
+    assert supermerger.merge(Recipe(model_a=a, model_b=b, alpha=0.3)).history_id == first.history_id
+    other = supermerger.merge(Recipe(model_a=a, model_b=b, alpha=0.4))
+    assert other.history_id == first.history_id + 1
+    # a repeat after another merge still finds its record (it is among the newest)
+    assert supermerger.merge(Recipe(model_a=a, model_b=b, alpha=0.3)).history_id == first.history_id
+    # saving to a file is its own record, every time (the record names the file)
+    saved = supermerger.merge(Recipe(model_a=a, model_b=b, alpha=0.3), output=tmp_path / "x.safetensors")
+    assert saved.history_id == other.history_id + 1 and History().count() == 3
 
 
 def test_state_dict_input_is_recorded_by_name_only(models):

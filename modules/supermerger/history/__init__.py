@@ -6,7 +6,8 @@
     recipe = history.restore(42, models_dirs=["/models"])               # models found by hash
     supermerger.merge(recipe, output="again.safetensors")               # the same tensors
 
-``supermerger.merge()`` records every merge unless called with ``history=False``; a history that
+``supermerger.merge()`` records every merge unless called with ``history=False`` (the same merge into
+memory repeated unchanged keeps the record it has: ``History.same_merge``); a history that
 cannot be written never costs the merge (the result's notices say so). Files, in the data folder:
 ``mergehistory.csv`` (the records, a spreadsheet can open it), ``mergehistory.index`` (derived,
 for fast search) and ``mergehistory.csv.lock``. A ``mergehistory.csv`` of the original extension
@@ -99,6 +100,10 @@ def finish(pending, result, history: History | None = None) -> Record | None:
             raise pending
         hist = history or History()
         rec = pending.record(result.metadata or None, result.path)
+        same = hist.same_merge(rec)
+        if same is not None:
+            result.history_id = same.id
+            return same
         hist.append(rec)
         result.history_id = rec.id
         result.notices += [f"history: {n}" for n in hist.notices]

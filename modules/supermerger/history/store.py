@@ -30,6 +30,7 @@ from .record import COLUMNS, Record
 
 FILE_NAME = "mergehistory.csv"
 INDEX_MAGIC = "supermerger-history-index 1"
+SAME_MERGE_WINDOW = 50  # how many of the newest records a repeated in-memory merge is looked for in
 BOM = b"\xef\xbb\xbf"
 LOCK_TIMEOUT = 30.0
 _BINARY = getattr(os, "O_BINARY", 0)
@@ -285,6 +286,17 @@ class History:
                 return self.search(query, how, model, mode, calcmode, page, per_page)
             recs.append(rec)
         return Page(recs, len(hits), page, per_page)
+
+    def same_merge(self, record: Record, recent: int = SAME_MERGE_WINDOW) -> Record | None:
+        """A record among the ``recent`` newest of exactly this merge in memory (the same recipe, models of
+        the same hashes, no output file), or None. Merge & Gen of an unchanged recipe, or XYZ cells that
+        merge the same recipe again, reuse its ID instead of adding a record each time."""
+        if record.output or not record.recipe_json or not os.path.exists(self.path):
+            return None
+        for old in self.search(per_page=recent).records:
+            if not old.output and old.recipe_json == record.recipe_json:
+                return old
+        return None
 
     def problems(self) -> list[str]:
         """Damaged lines of the file (each is skipped), and what conversion of an older file found."""
