@@ -20,17 +20,22 @@ def _record(rid: int, name: str, mode="weight_sum", a="modelA", short_a="0123456
                   models={"A": ModelRef(name=a, short=short_a), "B": ModelRef(name="modelB")}, **kw)
 
 
-def test_row_shows_models_with_short_hash_and_include_mode():
-    rec = _record(7, "A x 0.75 + B x 0.25", include_mode="Exclude", include_exclude="IN01 VAE", seed=42,
-                  weights_alpha="0,1,0.5")
+def test_row_is_a_few_columns_to_scan_and_the_detail_has_everything():
+    rec = _record(7, "A x 0.75 + B x 0.25 " + "long " * 20, include_mode="Exclude", include_exclude="IN01 VAE",
+                  seed=42, weights_alpha="0,1,0.5", calcmode="cosineA")
     row = table.row(rec)
-    assert len(row) == len(table.HEADERS)
+    assert table.HEADERS[:2] == ("ID", "Time") and len(row) == len(table.HEADERS)
     cells = dict(zip(table.HEADERS, row))
-    assert cells["ID"] == "7" and cells["Mode"] == "weight_sum" and cells["alpha"] == "0.25"
-    assert cells["gamma"] == "1.5" and cells["Seed"] == "42" and cells["Weights alpha"] == "0,1,0.5"
-    assert cells["Model A"] == "modelA [0123456789]" and cells["Model B"] == "modelB" and cells["Model C"] == ""
-    assert cells["Include/Exclude"] == "Exclude: IN01 VAE"
-    assert table.row(_record(8, "x"))[table.HEADERS.index("Include/Exclude")] == ""
+    assert cells["ID"] == "7" and cells["Time"] == "2025-01-02 03:04:05" and cells["Mode"] == "Weight sum"
+    assert cells["Model A"] == "modelA" and cells["Model B"] == "modelB" and cells["Model C"] == ""
+    assert cells["alpha"] == "0.25" and cells["beta"] == "0.5" and cells["Calcmode"] == "cosineA"
+    assert len(cells["Name"]) == table.NAME_CHARS and cells["Name"].endswith("…")
+    assert cells["Name"].startswith("A x 0.75 + B x 0.25")
+    assert table.row(_record(8, "x"))[table.HEADERS.index("Calcmode")] == ""  # normal: nothing to read
+    text = "\n".join(table.detail_lines(rec))
+    for part in ("ID              : 7", rec.name, "weights alpha   : 0,1,0.5", "exclude         : IN01 VAE",
+                 "seed            : 42", "gamma: 0.25 0.5 1.5", "0123456789"):
+        assert part in text, part
 
 
 def test_page_notes(tmp_path):

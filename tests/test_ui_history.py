@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import supermerger
-from supermerger.history import History, ModelRef, Record, model_field_with_id
+from supermerger.history import History, ModelRef, Record, model_field_with_id, table
 from supermerger.merge.recipe import Recipe
 
 pytest.importorskip("gradio")
@@ -98,6 +98,18 @@ def test_restore_errors_leave_the_merge_tab_alone(ctx, text, error, tmp_path):
     assert values(updates) == {} and message.startswith("Error: ") and error in message
 
 
+@pytest.mark.parametrize("text", ["", "   ", None])
+def test_restore_with_no_id_restores_nothing(ctx, text):
+    """An empty ID box restores nothing (it once meant -1, the newest merge, so one click replaced the
+    Merge tab's settings with a merge the user never picked)."""
+    supermerger.merge(Recipe(model_a=str(ctx.host.folder / "sd1_A.safetensors"),
+                             model_b=str(ctx.host.folder / "sd1_B.safetensors"), alpha=0.2))
+    updates, message = history_tab.restore_id(ctx, text)
+    assert values(updates) == {} and message.startswith("Pick a merge first")
+    assert history_tab.detail(text) == ""
+    assert history_tab.detail("1").startswith("ID              : 1\n")
+
+
 def _append(name, mode="weight_sum", a="alpha_model", weights=None):
     recipe = Recipe(model_a=f"/m/{a}.safetensors", model_b="/m/other.safetensors", mode=mode)
     History().append(Record(id=0, time="2025-01-01 00:00:00", name=name, mode=mode, architecture="sd1",
@@ -120,7 +132,8 @@ def test_search_pages_filters_and_words():
     rows, _, _ = history_tab.search_page("cat spotted", how="or", per_page=50)
     assert [int(r[0]) for r in rows] == [i + 1 for i in range(24, -1, -1) if i % 2 or i % 3 == 0]
     rows, _, _ = history_tab.search_page(mode="Add difference", per_page=50)
-    assert [r[0] for r in rows] == ["21", "16", "11", "6", "1"] and {r[3] for r in rows} == {"add_difference"}
+    mode = table.HEADERS.index("Mode")
+    assert [r[0] for r in rows] == ["21", "16", "11", "6", "1"] and {r[mode] for r in rows} == {"Add difference"}
     rows, _, _ = history_tab.search_page(model="XL_BASE", mode=history_tab.ANY_MODE, per_page=50)
     assert [r[0] for r in rows] == ["3", "2", "1"]
     rows, note, _ = history_tab.search_page("zebra")
@@ -190,4 +203,10 @@ def test_the_tabs_build_inside_the_app(models, tmp_path):
     assert {"History", "IDs from images", "Weight Analysis"} <= set(titles)
     for name in ("history.table", "history.id", "ids.files", "analysis.chart"):
         assert name in ctx.components
-    assert ctx.components["history.table"].value["data"][0][2] == "shown at start"
+    # the table is filled each time the tab is shown, with the records of that moment
+    fn, inputs, outputs = history_tab.on_show(ctx)
+    assert outputs[0] is ctx.components["history.table"]
+    _append("recorded after the start")
+    rows, note, _ = fn("", "or", "", history_tab.ANY_MODE, "20", 1)
+    name = table.HEADERS.index("Name")
+    assert [r[name] for r in rows] == ["recorded after the start", "shown at start"] and "of 2" in note

@@ -411,7 +411,9 @@ def cmd_history(args) -> int:
         if args.json:
             print(json.dumps(rec.to_dict(), indent=2, ensure_ascii=False))
         else:
-            print("\n".join(_record_lines(rec)))
+            from .history.table import detail_lines
+
+            print("\n".join(detail_lines(rec)))
     elif action == "stats":
         print(history.weight_stats(",".join(args.ids), hist).text())
     elif action == "ids":
@@ -430,37 +432,6 @@ def cmd_history(args) -> int:
 def _warn(lines: list[str]) -> None:
     for line in lines:
         print(f"warning: {line}", file=sys.stderr)
-
-
-def _record_lines(rec) -> list[str]:
-    from .history.analysis import block_names
-
-    def weights(values) -> str:
-        names = block_names(rec.architecture, len(values))
-        return " ".join(f"{b}={v:g}" for b, v in zip(names, values))
-
-    lines = [f"ID              : {rec.id}", f"time            : {rec.time}", f"name            : {rec.name}",
-             f"architecture    : {rec.architecture or '?'}", f"mode            : {rec.mode}",
-             f"calcmode        : {rec.calcmode}", f"alpha beta gamma: {rec.alpha:g} {rec.beta:g} {rec.gamma:g}"]
-    for what, given, eff in (("alpha", rec.weights_alpha, rec.effective_alpha),
-                             ("beta", rec.weights_beta, rec.effective_beta)):
-        if given:
-            lines.append(f"weights {what:<8}: {given}")
-        if eff is not None:
-            lines.append(f"effective {what:<6}: {weights(eff)}")
-    for label, ref in rec.models.items():
-        title = f"model {label}" if label != "VAE" else "VAE"
-        lines.append(f"{title:<16}: {ref.name or '?'}  sha256 {ref.sha256 or ref.short or '?'}  {ref.path}".rstrip())
-    if rec.elemental:
-        lines.append("elemental       : " + rec.elemental.replace("\n", "\n" + " " * 18))
-    if rec.include_mode != "Off":
-        lines.append(f"{rec.include_mode.lower():<16}: {rec.include_exclude}")
-    for title, value in (("adjust", rec.adjust), ("seed", rec.seed), ("random", rec.random and json.dumps(rec.random)),
-                         ("save settings", rec.save_settings), ("output", rec.output), ("note", rec.note)):
-        if value not in (None, ""):
-            lines.append(f"{title:<16}: {value}")
-    recipe = json.dumps(json.loads(rec.recipe_json), indent=2, ensure_ascii=False) if rec.recipe_json else "(none)"
-    return lines + ["recipe          :", recipe]
 
 
 def _add_lora_parser(sub) -> None:

@@ -5,23 +5,61 @@ from __future__ import annotations
 
 from .record import Record, _num
 
-HEADERS = ("ID", "Time", "Name", "Mode", "Calcmode", "alpha", "beta", "gamma", "Weights alpha", "Weights beta",
-           "Model A", "Model B", "Model C", "Elemental", "Include/Exclude", "Adjust", "Seed", "Output", "Note")
+HEADERS = ("ID", "Time", "Model A", "Model B", "Model C", "Mode", "Calcmode", "alpha", "beta", "Name")
 PAGE_SIZES = (20, 30, 40, 50, 100)
+NAME_CHARS = 48  # a long merge name is cut here in the table; the record's detail has it whole
+MODE_LABELS = {"weight_sum": "Weight sum", "add_difference": "Add difference", "triple_sum": "Triple sum",
+               "sum_twice": "sum Twice"}
+
+
+def _short(text: str, n: int) -> str:
+    return text if len(text) <= n else text[:n - 1].rstrip() + "…"
 
 
 def row(rec: Record) -> list[str]:
-    """One record as the table shows it (model names with their short hash)."""
+    """One record as the table shows it, to be scanned: ID and time first, the models by name, the mode,
+    the ratios, a short name. Everything else is in ``detail_lines`` (shown when a row is picked)."""
     def model(label: str) -> str:
         ref = rec.models.get(label)
-        if ref is None:
-            return ""
-        return f"{ref.name} [{ref.short}]" if ref.short else ref.name
+        return ref.name if ref is not None else ""
 
-    include = "" if rec.include_mode == "Off" else f"{rec.include_mode}: {rec.include_exclude}"
-    return [str(rec.id), rec.time, rec.name, rec.mode, rec.calcmode, _num(rec.alpha), _num(rec.beta),
-            _num(rec.gamma), rec.weights_alpha, rec.weights_beta, model("A"), model("B"), model("C"), rec.elemental,
-            include, rec.adjust, "" if rec.seed is None else str(rec.seed), rec.output, rec.note]
+    return [str(rec.id), rec.time, model("A"), model("B"), model("C"), MODE_LABELS.get(rec.mode, rec.mode),
+            "" if rec.calcmode == "normal" else rec.calcmode, _num(rec.alpha), _num(rec.beta),
+            _short(rec.name, NAME_CHARS)]
+
+
+def detail_lines(rec: Record) -> list[str]:
+    """The whole record, a field a line, its recipe last (``history show`` and the History tab)."""
+    import json
+
+    from .analysis import block_names
+
+    def weights(values) -> str:
+        names = block_names(rec.architecture, len(values))
+        return " ".join(f"{b}={v:g}" for b, v in zip(names, values))
+
+    lines = [f"ID              : {rec.id}", f"time            : {rec.time}", f"name            : {rec.name}",
+             f"architecture    : {rec.architecture or '?'}", f"mode            : {rec.mode}",
+             f"calcmode        : {rec.calcmode}", f"alpha beta gamma: {rec.alpha:g} {rec.beta:g} {rec.gamma:g}"]
+    for what, given, eff in (("alpha", rec.weights_alpha, rec.effective_alpha),
+                             ("beta", rec.weights_beta, rec.effective_beta)):
+        if given:
+            lines.append(f"weights {what:<8}: {given}")
+        if eff is not None:
+            lines.append(f"effective {what:<6}: {weights(eff)}")
+    for label, ref in rec.models.items():
+        title = f"model {label}" if label != "VAE" else "VAE"
+        lines.append(f"{title:<16}: {ref.name or '?'}  sha256 {ref.sha256 or ref.short or '?'}  {ref.path}".rstrip())
+    if rec.elemental:
+        lines.append("elemental       : " + rec.elemental.replace("\n", "\n" + " " * 18))
+    if rec.include_mode != "Off":
+        lines.append(f"{rec.include_mode.lower():<16}: {rec.include_exclude}")
+    for title, value in (("adjust", rec.adjust), ("seed", rec.seed), ("random", rec.random and json.dumps(rec.random)),
+                         ("save settings", rec.save_settings), ("output", rec.output), ("note", rec.note)):
+        if value not in (None, ""):
+            lines.append(f"{title:<16}: {value}")
+    recipe = json.dumps(json.loads(rec.recipe_json), indent=2, ensure_ascii=False) if rec.recipe_json else "(none)"
+    return lines + ["recipe          :", recipe]
 
 
 def rows(records: list[Record]) -> list[list[str]]:

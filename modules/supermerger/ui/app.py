@@ -30,11 +30,17 @@ ROOT = Path(__file__).resolve().parents[3]  # the repository (extension) folder
 
 
 def build_tabs(ctx: UIContext) -> None:
-    """One ``gr.Tab`` per TABS entry, each filled by its module's ``build(ctx)``."""
+    """One ``gr.Tab`` per TABS entry, each filled by its module's ``build(ctx)``. A module with
+    ``on_show(ctx) -> (fn, inputs, outputs)`` has ``fn`` run each time its tab is shown, so what it lists
+    (records, files) is the state of now, not of when the server started."""
     for title, module_name in TABS:
         module = importlib.import_module(f"{__package__}.{module_name}")
-        with gr.Tab(title, elem_id=f"supermerger_tab_{module_name}"):
+        with gr.Tab(title, elem_id=f"supermerger_tab_{module_name}") as tab:
             module.build(ctx)
+        on_show = getattr(module, "on_show", None)
+        if on_show is not None:
+            fn, inputs, outputs = on_show(ctx)
+            tab.select(fn, inputs, outputs)
 
 
 def style_css() -> str:

@@ -59,12 +59,24 @@ def model_folders(ctx: UIContext) -> list[Path]:
     return out
 
 
+def detail(id_text) -> str:
+    """The whole record ``id_text`` names (the table shows a few columns of it), or why there is none."""
+    if not str(id_text or "").strip():
+        return ""
+    try:
+        return "\n".join(table.detail_lines(history.get(table.id_from_box(id_text))))
+    except SuperMergerError as e:
+        return "Error: " + forms.message(e)
+
+
 def restore_id(ctx: UIContext, id_text) -> tuple[list, str]:
     """(Merge-tab updates in ``ctx.merge_inputs`` order, message) for the record ``id_text``.
-    On an error nothing in the Merge tab changes."""
+    On an error, or with no ID given, nothing in the Merge tab changes."""
     from ..history.locate import restore_record
 
     n = len(forms.MERGE_FIELDS)
+    if not str(id_text if id_text is not None else "").strip():
+        return [compat.skip()] * n, "Pick a merge first: click its row, or type its ID (-1 = the last merge)."
     try:
         record = history.get(table.id_from_box(id_text))
         restored = restore_record(record, model_folders(ctx), allow_missing=True)
@@ -104,21 +116,21 @@ def build(ctx: UIContext) -> None:
         newer = gr.Button("◀ Newer", elem_id="supermerger_history_newer")
         older = gr.Button("Older ▶", elem_id="supermerger_history_older")
         page = gr.Number(1, label="Page", precision=0, elem_id="supermerger_history_page")
-    try:
-        first_rows, first_note, _ = search_page()
-    except SuperMergerError as e:
-        first_rows, first_note = [], "Error: " + ctx.message(e)
-    note = gr.Markdown(first_note, elem_id="supermerger_history_note")
-    grid = gr.Dataframe(headers=list(table.HEADERS), value=first_rows, type="array", interactive=False, wrap=True,
+    # filled when the tab is shown (``on_show``), so it is never the state of when the server started
+    note = gr.Markdown("", elem_id="supermerger_history_note")
+    grid = gr.Dataframe(headers=list(table.HEADERS), value=[], type="array", interactive=False, wrap=False,
                         elem_id="supermerger_history_table")
     with gr.Row():
-        record_id = gr.Textbox("-1", label="History ID (-1: the last merge; or click a row)",
+        record_id = gr.Textbox("", label="History ID (click a row, or type one; -1 = the last merge)",
                                elem_id="supermerger_history_id")
         restore_btn = gr.Button("Restore into the Merge tab", variant="primary",
                                 elem_id="supermerger_history_restore")
     message = gr.Textbox("", label="Message", interactive=False, lines=2, elem_id="supermerger_history_message")
+    record = gr.Textbox("", label="Record (the row picked, whole)", interactive=False, lines=12, max_lines=40,
+                        elem_id="supermerger_history_record")
     for name, comp in (("query", query), ("how", how), ("model", model), ("mode", mode), ("per_page", per_page),
-                       ("page", page), ("note", note), ("table", grid), ("id", record_id), ("message", message)):
+                       ("page", page), ("note", note), ("table", grid), ("id", record_id), ("message", message),
+                       ("record", record)):
         reg(f"history.{name}", comp)
 
     filters = [query, how, model, mode, per_page]
@@ -143,17 +155,31 @@ def build(ctx: UIContext) -> None:
 
     def restore(id_text):
         updates, text = restore_id(ctx, id_text)
-        return updates + [text]
+        return updates + [text, detail(id_text)]
 
-    restore_btn.click(restore, record_id, merge_outputs)
-    record_id.submit(restore, record_id, merge_outputs)
+    restore_btn.click(restore, record_id, merge_outputs + [record])
+    record_id.submit(restore, record_id, merge_outputs + [record])
 
     def on_select(rows, evt: gr.SelectData):
         index = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
         rid = id_of_row(rows, index)
         if not rid:
-            return [compat.skip()] + [compat.skip()] * len(ctx.merge_inputs) + [""]
+            return [compat.skip()] + [compat.skip()] * len(ctx.merge_inputs) + ["", ""]
         updates, text = restore_id(ctx, rid)
-        return [rid] + updates + [text]
+        return [rid] + updates + [text, detail(rid)]
 
-    grid.select(on_select, grid, [record_id] + merge_outputs)
+    grid.select(on_select, grid, [record_id] + merge_outputs + [record])
+
+
+def on_show(ctx: UIContext):
+    """(fn, inputs, outputs) run each time the tab is shown: the page of records as the filters say, now."""
+    c = ctx.components
+    filters = [c[f"history.{n}"] for n in ("query", "how", "model", "mode", "per_page", "page")]
+
+    def refresh(*values):
+        try:
+            return search_page(*values)
+        except SuperMergerError as e:
+            return [], "Error: " + ctx.message(e), values[-1]
+
+    return refresh, filters, [c["history.table"], c["history.note"], c["history.page"]]
