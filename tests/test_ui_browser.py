@@ -108,9 +108,11 @@ def test_merge_and_gen_in_the_browser(app_url):
         thumbs.nth(1).click()
         expect(infotext).to_have_value(re.compile(rf"Seed: 8, .* ID {merge_id},"), timeout=10_000)
 
-        # Ctrl+Enter inside the tab (javascript/supermerger.js) is Merge & Gen: the next merge ID
+        # Ctrl+Enter inside the tab (javascript/supermerger.js) is Merge & Gen: it merges and generates again;
+        # the unchanged recipe is the same merge, so it keeps its history record and ID
         page.locator("#supermerger_prompt textarea").press("Control+Enter")
-        expect(status).to_have_value(re.compile(rf"· ID {merge_id + 1}\b"), timeout=60_000)
+        expect(status).to_have_value(re.compile(rf"· ID {merge_id}\nMerged in (.|\n)*00003-7\.png"), timeout=60_000)
+        assert history.get(-1).id == merge_id
 
         elemental.fill("OUT03:attn2")
         expect(check).to_have_value(re.compile(r"^Error: Elemental entry 1 \('OUT03:attn2', line 1\) has 1 ':'"),
