@@ -76,12 +76,13 @@ def delta(path, name):
 # -- the list ------------------------------------------------------------------------------------
 def test_list_names_dims_and_filters(ctx):
     names, dim_choices, note = lora_tab.list_choices(ctx, False)
-    assert names == ["style", "sub/detail"] and dim_choices == [] and note == "2 LoRAs."
+    where = ctx.host.lora_folder
+    assert names == ["style", "sub/detail"] and dim_choices == [] and note == f"2 LoRAs in {where}."
     labels, dim_choices, note = lora_tab.list_choices(ctx, True)
     assert labels == ["style[2,SD1]", "sub/detail[4,SD1]"] and dim_choices == ["SD1 2", "SD1 4"]
     assert [lora_tab.label_name(x) for x in labels] == ["style", "sub/detail"]
     labels, _, note = lora_tab.list_choices(ctx, True, [], ["SD1 4"])
-    assert labels == ["sub/detail[4,SD1]"] and note == "1 of 2 LoRAs shown."
+    assert labels == ["sub/detail[4,SD1]"] and note == f"1 of 2 LoRAs shown in {where}."
     assert lora_tab.list_choices(ctx, True, ["LoCon"], [])[0] == []
 
 
@@ -192,6 +193,32 @@ def test_the_tab_builds_with_the_merge_tabs_prompt(models, tmp_path):
     assert "merge.gen.prompt" in ctx.components and "lora.specs" in ctx.components
     first = ctx.components["lora.list"].choices[0]
     assert (first[0] if isinstance(first, tuple) else first) == "one"
+
+
+def test_the_standalone_app_has_a_lora_folder_the_made_loras_go_to(models, tmp_path):
+    """Without --lora-dir, Make LoRA once wrote into the checkpoint folder and the list stayed at 0: the
+    app's LoRA folder is now Lora in the data folder; the list (shown again with the tab) finds the LoRA."""
+    from supermerger import paths
+    from supermerger.ui import app
+    from supermerger.ui.standalone import make_context
+
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    for label in ("A", "B"):
+        shutil.copy(models[("sd1", label)], folder / f"sd1_{label}.safetensors")
+    ctx = make_context(folder)
+    lora_dir = paths.data_dir() / "Lora"
+    assert ctx.host.lora_dirs() == [str(lora_dir)] and lora_dir.is_dir()
+    app.create_app(ctx)
+    assert lora_tab.list_choices(ctx, False)[2] == f"0 LoRAs in {lora_dir}."
+    msg = lora_tab.guarded(ctx, lora_tab.make_lora_action, "sd1_A.safetensors", "sd1_B.safetensors", 1.0, 1.0, "4",
+                           "fp16", "full", "", False)
+    assert str(lora_dir / "lora_sd1_A-sd1_B.safetensors") in msg and not list(folder.glob("lora_*"))
+    fn, inputs, outputs = lora_tab.on_show(ctx)
+    assert outputs[0] is ctx.components["lora.list"]
+    listed, _, note = fn(False, [], [], [])
+    assert listed["choices"] in (["lora_sd1_A-sd1_B"], [("lora_sd1_A-sd1_B", "lora_sd1_A-sd1_B")])
+    assert note == f"1 LoRA in {lora_dir}."
 
 
 def test_stop_interrupts_long_actions_and_writes_nothing(ctx):

@@ -9,8 +9,9 @@ import gradio as gr
 
 from .. import arch as archmod
 from ..errors import SuperMergerError
-from . import compat
+from . import compat, metadata_tab
 from .context import UIContext
+from .metadata_tab import model_list_update
 
 HEADERS = ["Key", "Shape", "Dtype", "Block"]
 
@@ -37,11 +38,12 @@ def element_rows(path: str, text_filter: str = "") -> tuple[list[list[str]], str
 
 def build(ctx: UIContext) -> None:
     with gr.Row():
-        model = gr.Dropdown(_models(ctx), value=None, label="Checkpoint", elem_id="supermerger_elements_model",
-                            **compat.dropdown_kwargs(custom=True))
+        names = _models(ctx)
+        model = gr.Dropdown(names, value=names[0] if names else None, label="Checkpoint",
+                            elem_id="supermerger_elements_model", **compat.dropdown_kwargs(custom=True))
         words = gr.Textbox("", label="Filter (key parts or a block ID, e.g. OUT03 attn2)",
                            elem_id="supermerger_elements_filter")
-        refresh = gr.Button("🔄", elem_classes=["sm-tool"], min_width=40, elem_id="supermerger_elements_refresh")
+        refresh = gr.Button("↻", elem_classes=["sm-tool"], min_width=40, elem_id="supermerger_elements_refresh")
         load = gr.Button("List keys", variant="primary", elem_id="supermerger_elements_load")
     note = gr.Markdown("", elem_id="supermerger_elements_note")
     table = gr.Dataframe(headers=HEADERS, value=[], interactive=False, elem_id="supermerger_elements_table",
@@ -49,7 +51,7 @@ def build(ctx: UIContext) -> None:
     for name, comp in (("model", model), ("filter", words), ("note", note), ("table", table)):
         ctx.register(f"elements.{name}", comp)
 
-    refresh.click(lambda: compat.update(choices=_models(ctx)), None, model)
+    refresh.click(lambda current: model_list_update(ctx, current), model, model)
 
     def show(name, text):
         if not name:
@@ -64,8 +66,11 @@ def build(ctx: UIContext) -> None:
     words.submit(show, [model, words], [note, table])
 
 
+def on_show(ctx: UIContext):
+    """(fn, inputs, outputs) run each time the tab is shown: the checkpoint list of now."""
+    model = ctx.components["elements.model"]
+    return (lambda current: model_list_update(ctx, current)), [model], [model]
+
+
 def _models(ctx: UIContext) -> list[str]:
-    try:
-        return ctx.host.list_checkpoints()
-    except Exception:  # noqa: BLE001
-        return []
+    return metadata_tab._models(ctx)

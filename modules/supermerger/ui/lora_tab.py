@@ -59,11 +59,18 @@ def list_choices(ctx: UIContext, with_dims: bool, types=None, dim_labels=None) -
     """(list labels, family-and-dim choices, note). Without dims only names are shown (no file is read)."""
     if not with_dims:
         names = [_strip_ext(n) for n in ctx.host.list_loras()]
-        return names, [], f"{len(names)} LoRAs."
+        return names, [], _count_note(ctx, len(names), len(names))
     infos = lora_infos(ctx)
     shown = dimsmod.filter_infos(infos, types, dim_labels)
-    note = f"{len(shown)} of {len(infos)} LoRAs shown." if len(shown) != len(infos) else f"{len(infos)} LoRAs."
-    return [i.label() for i in shown], dimsmod.dim_choices(infos), note
+    return [i.label() for i in shown], dimsmod.dim_choices(infos), _count_note(ctx, len(shown), len(infos))
+
+
+def _count_note(ctx: UIContext, shown: int, total: int) -> str:
+    """"3 of 5 LoRAs shown, in /models/Lora." — where they were looked for, so 0 says where to put them."""
+    dirs = ctx.host.lora_dirs()
+    where = f" in {', '.join(dirs)}" if dirs else " (no LoRA folder: start the app with --lora-dir DIR)"
+    count = f"{shown} of {total} LoRAs shown" if shown != total else f"{total} LoRA{'s' if total != 1 else ''}"
+    return count + where + "."
 
 
 def tick_changes(before, after, shown) -> tuple[list[str], list[str]]:
@@ -143,6 +150,26 @@ def _items(text: str) -> list[str]:
     if not items:
         raise RecipeError("No LoRA given.", "Tick LoRAs in the list or type name:ratio[:blocks], one per line.")
     return items
+
+
+def relist_update(ctx: UIContext, dims_on, types, dim_labels, selected) -> tuple:
+    """Updates of the LoRA list (ticks kept where the LoRA is still listed), the dim filter and the note."""
+    try:
+        choices, dim_choices, note = list_choices(ctx, dims_on, types, dim_labels)
+    except SuperMergerError as e:
+        return compat.skip(), compat.skip(), "Error: " + ctx.message(e)
+    names = {label_name(c): c for c in choices}
+    kept = [names[label_name(s)] for s in selected or () if label_name(s) in names]
+    dim_update = compat.update(choices=dim_choices, value=[d for d in dim_labels or () if d in dim_choices]) \
+        if dims_on else compat.skip()
+    return compat.update(choices=choices, value=kept), dim_update, note
+
+
+def on_show(ctx: UIContext):
+    """(fn, inputs, outputs) run each time the tab is shown: the LoRA list as the folder is now."""
+    c = ctx.components
+    ins = [c["lora.with_dims"], c["lora.type_filter"], c["lora.dim_filter"], c["lora.list"]]
+    return (lambda *v: relist_update(ctx, *v)), ins, [c["lora.list"], c["lora.dim_filter"], c["lora.list_note"]]
 
 
 def _output(filename: str, folder: Path | None, default: str) -> Path:
@@ -354,10 +381,17 @@ def build(ctx: UIContext) -> None:
                        ("alpha", alpha), ("beta", beta), ("gamma", gamma), ("remake", remake), ("svd", svd),
                        ("same", same), ("overwrite", overwrite), ("filename", filename), ("precision", precision),
                        ("metadata", metadata), ("specs", specs), ("default_ratio", default_ratio),
-                       ("type_filter", type_filter), ("dim_filter", dim_filter), ("list", loras)):
+                       ("type_filter", type_filter), ("dim_filter", dim_filter), ("list", loras),
+                       ("list_note", list_note), ("with_dims", with_dims)):
         reg(f"lora.{name}", comp)
 
-    # -- actions
+    # -- the list
+    def relist(*values):
+        return relist_update(ctx, *values)
+
+    list_ins, list_outs = [with_dims, type_filter, dim_filter, loras], [loras, dim_filter, list_note]
+
+    # -- actions (a LoRA written into the LoRA folder shows in the list at once)
     def run_to_checkpoint(*v, progress=gr.Progress()):
         return guarded(ctx, to_checkpoint, *v, report=lambda f, d: progress(f, desc=d))
 
@@ -366,31 +400,21 @@ def build(ctx: UIContext) -> None:
 
     to_ckpt_btn.click(run_to_checkpoint, [specs, model_a, target, filename, overwrite], message)
     merge_btn.click(lambda *v: guarded(ctx, merge_loras_action, *v),
-                    [specs, remake, same, metadata, precision, svd, filename, overwrite], message)
-    make_btn.click(run_make, [model_a, model_b, alpha, beta, remake, precision, svd, filename, overwrite], message)
+                    [specs, remake, same, metadata, precision, svd, filename, overwrite], message) \
+        .then(relist, list_ins, list_outs)
+    make_btn.click(run_make, [model_a, model_b, alpha, beta, remake, precision, svd, filename, overwrite], message) \
+        .then(relist, list_ins, list_outs)
     stop_btn.click(lambda: ctx.stop.set(), None, None, queue=False)
     extract_btn.click(lambda *v: guarded(ctx, extract_action, *v),
-                      [specs, alpha, beta, gamma, same, metadata, precision, filename, overwrite], message)
+                      [specs, alpha, beta, gamma, same, metadata, precision, filename, overwrite], message) \
+        .then(relist, list_ins, list_outs)
 
-    # -- the list
-    def relist(dims_on, types, dim_labels, selected):
-        try:
-            choices, dim_choices, note = list_choices(ctx, dims_on, types, dim_labels)
-        except SuperMergerError as e:
-            return compat.skip(), compat.skip(), "Error: " + ctx.message(e)
-        names = {label_name(c): c for c in choices}
-        kept = [names[label_name(s)] for s in selected or () if label_name(s) in names]
-        dim_update = compat.update(choices=dim_choices, value=[d for d in dim_labels or () if d in dim_choices]) \
-            if dims_on else compat.skip()
-        return compat.update(choices=choices, value=kept), dim_update, note
-
-    list_outs = [loras, dim_filter, list_note]
-    update_btn.click(relist, [with_dims, type_filter, dim_filter, loras], list_outs)
+    update_btn.click(relist, list_ins, list_outs)
     dims_btn.click(lambda t, d, s: relist(True, t, d, s), [type_filter, dim_filter, loras], list_outs) \
         .then(lambda: True, None, with_dims)
     csv_btn.click(lambda: guarded(ctx, lambda c: save_dims_csv(c)), None, message)
-    type_filter.change(relist, [with_dims, type_filter, dim_filter, loras], list_outs)
-    dim_filter.change(relist, [with_dims, type_filter, dim_filter, loras], list_outs)
+    type_filter.change(relist, list_ins, list_outs)
+    dim_filter.change(relist, list_ins, list_outs)
 
     def on_ticks(text, selected, before, ratio, dims_on, types, dim_labels):
         try:

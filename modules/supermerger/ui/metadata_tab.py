@@ -74,9 +74,9 @@ def metadata_view(path: str) -> tuple[str, list[list[str]], str]:
 def build(ctx: UIContext) -> None:
     names = _models(ctx)
     with gr.Row():
-        model = gr.Dropdown(names, value=None, label="Checkpoint", elem_id="supermerger_meta_model",
-                            **compat.dropdown_kwargs(custom=True))
-        refresh = gr.Button("🔄", elem_classes=["sm-tool"], min_width=40, elem_id="supermerger_meta_refresh")
+        model = gr.Dropdown(names, value=names[0] if names else None, label="Checkpoint",
+                            elem_id="supermerger_meta_model", **compat.dropdown_kwargs(custom=True))
+        refresh = gr.Button("↻", elem_classes=["sm-tool"], min_width=40, elem_id="supermerger_meta_refresh")
         load = gr.Button("Read metadata", variant="primary", elem_id="supermerger_meta_load")
     note = gr.Markdown("", elem_id="supermerger_meta_note")
     table = gr.Dataframe(headers=RECIPE_HEADERS, value=[], label="Merge recipe", interactive=False,
@@ -85,7 +85,7 @@ def build(ctx: UIContext) -> None:
     for name, comp in (("model", model), ("note", note), ("recipe", table), ("json", raw)):
         ctx.register(f"metadata.{name}", comp)
 
-    refresh.click(lambda: compat.update(choices=_models(ctx)), None, model)
+    refresh.click(lambda current: model_list_update(ctx, current), model, model)
 
     def read(name):
         if not name:
@@ -97,6 +97,18 @@ def build(ctx: UIContext) -> None:
         return text, rows, pretty
 
     load.click(read, model, [note, table, raw])
+
+
+def model_list_update(ctx: UIContext, current):
+    """The checkpoint dropdown as the host lists its models now; the choice kept while it is listed."""
+    names = _models(ctx)
+    return compat.update(choices=names, value=current if current in names else (names[0] if names else None))
+
+
+def on_show(ctx: UIContext):
+    """(fn, inputs, outputs) run each time the tab is shown: the checkpoint list of now."""
+    model = ctx.components["metadata.model"]
+    return (lambda current: model_list_update(ctx, current)), [model], [model]
 
 
 def _models(ctx: UIContext) -> list[str]:

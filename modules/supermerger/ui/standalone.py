@@ -18,7 +18,8 @@ def add_parser(sub) -> None:
                                    "Without --models-dir, the built-in tiny demo models are offered.")
     p.add_argument("--models-dir", metavar="DIR", help="folder of checkpoints to offer (searched recursively)")
     p.add_argument("--vae-dir", metavar="DIR", help="folder of VAEs for 'Bake in VAE'")
-    p.add_argument("--lora-dir", metavar="DIR", help="folder of LoRAs")
+    p.add_argument("--lora-dir", metavar="DIR", help="folder of LoRAs; LoRAs the app makes are written there "
+                   "(default: Lora in the data folder)")
     p.add_argument("--output-dir", metavar="DIR", help="where saved merges go (default: the models folder)")
     p.add_argument("--images-dir", metavar="DIR", help="where generated images are written (default: outputs "
                    "in the data folder, as `supermerger gen`)")
@@ -45,10 +46,14 @@ def make_context(models_dir=None, *, vae_dir=None, lora_dir=None, output_dir=Non
         models_dir = demo_dir()
     elif not Path(models_dir).is_dir():
         raise SuperMergerError(f"Models folder {str(models_dir)!r} does not exist.")
+    from ..paths import data_dir
+
+    if lora_dir is None:  # LoRAs the app makes go here and are listed (not into the checkpoint folder)
+        lora_dir = data_dir() / "Lora"
+        lora_dir.mkdir(parents=True, exist_ok=True)
     dtype = "float32" if device == "cpu" else "float16"
     host = DiffusersHost(models_dir, vae_dir=vae_dir, lora_dir=lora_dir, device=device, dtype=dtype)
     defaults = GenParams(**DEMO_PARAMS) if demo else GenParams()
-    from ..paths import data_dir
 
     return UIContext(host, gen_defaults=defaults, device=device, output_dir=output_dir or models_dir, demo=demo,
                      images_dir=images_dir or data_dir() / "outputs")
