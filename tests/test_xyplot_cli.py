@@ -33,7 +33,7 @@ def test_xyz_grid_with_recipe_models_dir_and_model_axis(tiny, tmp_path, capsys):
     from supermerger.merge.recipe import Recipe
 
     recipe = tmp_path / "R.json"
-    recipe.write_text(Recipe(model_a="A.safetensors", model_b="B.safetensors", mbw_alpha="FLAT_25").to_json())
+    recipe.write_text(Recipe(model_a="A.safetensors", model_b="B.safetensors", elemental="OUT03:attn2:0.5").to_json())
     out = tmp_path / "grid.png"
     assert main(["xyz", "--recipe", str(recipe), "--models-dir", str(tiny), "--x", "alpha:0,1",
                  "--y", "model_B:B,C.safetensors", "--out", str(out), *IMAGE]) == 0
@@ -42,12 +42,29 @@ def test_xyz_grid_with_recipe_models_dir_and_model_axis(tiny, tmp_path, capsys):
     grid = Image.open(out)
     meta = json.loads(png_text_chunks(out)["supermerger_xyz"])
     assert meta["plot"]["y"] == {"type": "model_B", "values": "B,C.safetensors"} and meta["cells"] == 4
-    assert meta["recipe"]["mbw_alpha"] == "FLAT_25" and meta["params"]["seed"] == 5
+    assert meta["recipe"]["elemental"] == "OUT03:attn2:0.5" and meta["params"]["seed"] == 5
     assert grid.size[0] > 128 and grid.size[1] > 128
     # an existing --out is refused before any work
     assert main(["xyz", "--recipe", str(recipe), "--models-dir", str(tiny), "--x", "alpha:0", "--out", str(out),
                  *IMAGE]) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_an_axis_that_changes_nothing_is_refused_before_the_run(tiny, tmp_path, capsys):
+    """alpha over a merge whose block weights give every block its ratio: the cells would be identical
+    under different labels. Refused before anything is merged, with the reason and what to do."""
+    args = ["xyz", "--models-dir", str(tiny), "-a", "A.safetensors", "-b", "B.safetensors", "--x", "alpha:0.0,1.0",
+            "--mbw-alpha", "GRAD_V", "--out", str(tmp_path / "grid.png"), *IMAGE]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "X axis (alpha): every value makes the same merge and the same images: block weights (MBW)" in err
+    assert "'mbw alpha'" in err and not (tmp_path / "grid.png").exists()
+    # the same axis without block weights changes the merge: it runs
+    assert main([a for a in args if a not in ("--mbw-alpha", "GRAD_V")]) == 0
+    # and alpha on Y with an elemental entry that fixes only some keys still changes the others: it runs
+    assert main(["xyz", "--models-dir", str(tiny), "-a", "A.safetensors", "-b", "B.safetensors", "--x", "seed:1,2",
+                 "--y", "alpha:0.2,0.8", "--elemental", "OUT03:attn2:0.5", "--out", str(tmp_path / "g2.png"),
+                 *IMAGE]) == 0
 
 
 def test_xyz_demo_models_split_and_queue(tmp_path, capsys, _isolated_data_dir):

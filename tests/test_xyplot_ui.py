@@ -70,7 +70,7 @@ def test_run_reserve_split_and_the_reservation_tab(app_ctx):
     from supermerger.ui import reservation_tab, xyplot_section as xs
 
     ctx = app_ctx
-    xyz = ["alpha", "0,1", "seed", "4|5", "none", "", []]
+    xyz = ["mbw alpha", "FLAT_25\nFLAT_75", "seed", "4|5", "none", "", []]
     ctx.last_result, ctx.last_recipe = object(), object()  # as after a merge from the Merge tab
     items, text = xs.run_plot(ctx, xyz, merge_values(ctx, use_mbw=True, mbw_alpha="FLAT_25"), gen_values())
     assert ctx.last_result is None and ctx.last_recipe is None  # the live model is a plot cell's merge now
@@ -88,7 +88,7 @@ def test_run_reserve_split_and_the_reservation_tab(app_ctx):
     assert msg.startswith("Reserved: No. 2 (1 waiting)")
     xs.reserve(ctx, ["seed", "1,2", "alpha", "0.5", "none", "", ["not save grid"]], merge_values(ctx), gen_values())
     rows = reservation_tab.table_rows()
-    assert [r[:4] for r in rows] == [["1", "finished", "alpha", "0,1"], ["2", "waiting", "calcmode", "normal,cosineQ"],
+    assert [r[:4] for r in rows] == [["1", "finished", "mbw alpha", "FLAT_25\nFLAT_75"], ["2", "waiting", "calcmode", "normal,cosineQ"],
                                      ["3", "waiting", "seed", "1,2"]]
     ctx.last_recipe = object()
     items, text = reservation_tab.start(ctx)

@@ -303,8 +303,69 @@ def plan(plot: XYZPlot, recipe: Recipe, params, *, presets: Mapping[str, str] | 
                 state = cell_state(recipe, base_params, chosen, arch, presets)
                 labels = tuple(by_pos[p].values[idx[p]].label if p in by_pos else "" for p in POSITIONS)
                 cells.append(Cell((xi, yi, zi), state.recipe, state.params, labels=labels))
+    _check_axes_change_the_merge(axes, cells, n, recipe)
     _decide_actions(cells, plot.zero_stock, is_stock or _stock_by_plan)
     return PlotPlan(plot, recipe, base_params, axes, arch, cells)
+
+
+def _check_axes_change_the_merge(axes: list[ParsedAxis], cells: list[Cell], n: list[int], base: Recipe) -> None:
+    """Refuse, before anything runs, an axis whose values make the same merge and the same images in every
+    row: e.g. alpha while block weights set every block's ratio (cells that differ only by their labels).
+    Only recipes that differ in nothing but alpha / beta are planned (headers only) to compare the ratio
+    each key gets; any other difference counts as a change."""
+    plans: dict[str, tuple | None] = {}
+
+    def ratios(recipe: Recipe) -> tuple | None:
+        text = recipe.to_json(indent=None)
+        if text not in plans:
+            plans[text] = _key_ratios(recipe)
+        return plans[text]
+
+    def index(cell: Cell, pos: str) -> int:
+        return cell.index[POSITIONS.index(pos)]
+
+    for axis in axes:
+        if len(axis.values) < 2:
+            continue
+        groups: dict[tuple, list[Cell]] = {}
+        for cell in cells:
+            rest = tuple(i for p, i in zip(POSITIONS, cell.index) if p != axis.pos)
+            groups.setdefault(rest, []).append(cell)
+        same_everywhere = True
+        for group in groups.values():
+            first = group[0]
+            plain = {(c.recipe.replace(alpha=0.0, beta=0.0).to_json(indent=None), repr(c.params)) for c in group}
+            if len(plain) > 1 or any(ratios(c.recipe) is None or ratios(c.recipe) != ratios(first.recipe)
+                                     for c in group[1:]):
+                same_everywhere = False
+                break
+        if same_everywhere:
+            what = axis.type.id
+            reason, hint = "nothing that the merge or the images use changes.", "Check the axis and its values."
+            if "alpha" in what and base.mbw_alpha is not None or "beta" in what and base.mbw_beta is not None:
+                reason = ("block weights (MBW) give every block its own ratio, so alpha / beta themselves are "
+                          "not used.")
+                hint = "Turn block weights off, or vary the weights with an 'mbw alpha' / 'mbw beta' axis."
+            raise XYZError(f"{axis.pos.upper()} axis ({what}): every value makes the same merge and the same "
+                           f"images: {reason}", hint)
+
+
+def _key_ratios(recipe: Recipe) -> tuple | None:
+    """What each key becomes, as planned from the headers (merged with which ratios, or copied from
+    which model; a ratio of 0 or 1 is a copy); None if it cannot be planned
+    (the run will say why)."""
+    from ..api import plan_merge
+
+    try:
+        p = plan_merge(recipe)
+    except SuperMergerError:
+        return None
+    try:
+        return tuple((t.key, t.op, t.src, t.alpha, t.beta) if t.op == "merge" else (t.key, t.op, t.src)
+                     for t in p.tasks)
+    finally:
+        for s in p.sources.values():
+            s.close()
 
 
 def arch_for(plot: XYZPlot, recipe: Recipe, resolve_model: Callable[[str], str] | None = None) -> Architecture:
