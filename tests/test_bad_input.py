@@ -169,3 +169,64 @@ def test_cli_errors_are_one_paragraph_with_exit_2(models, tmp_path, capsys):
     (tmp_path / "bad.json").write_text('{"model_a": "a", "alpah": 0.5}')
     code, err = cli(capsys, "merge", "--recipe", str(tmp_path / "bad.json"))
     assert code == 2 and "unknown recipe field 'alpah'" in err and "alpha" in err
+
+
+def _spellings(tmp_path, target):
+    """Other names of the file ``target``: a ``sub/..`` path, a symlink, a hard link."""
+    import os
+
+    sub = tmp_path / "sub"
+    sub.mkdir(exist_ok=True)
+    link, hard = tmp_path / "link.safetensors", tmp_path / "hard.safetensors"
+    link.symlink_to(target)
+    os.link(target, hard)
+    return {"itself": target, "dotdot": sub / ".." / target.name, "symlink": link, "hardlink": hard}
+
+
+@pytest.mark.parametrize("spelling", ["itself", "dotdot", "symlink", "hardlink"])
+@pytest.mark.parametrize("label", ["A", "B", "C"])
+def test_an_input_is_never_the_output(models, tmp_path, label, spelling):
+    """`merge -a a -b b -o a --overwrite` once replaced model A by the merge; refused for every model and
+    every spelling of the same file, overwrite or not, and the file is left as it was."""
+    import shutil
+
+    files = {k: tmp_path / f"{k}.safetensors" for k in "ABC"}
+    for k, f in files.items():
+        shutil.copy(models[("sd1", k)], f)
+    before = files[label].read_bytes()
+    out = _spellings(tmp_path, files[label])[spelling]
+    recipe = Recipe(model_a=str(files["A"]), model_b=str(files["B"]), model_c=str(files["C"]), mode="add_difference")
+    with pytest.raises(OutputError, match=f"is model {label} itself"):
+        supermerger.merge(recipe, output=out, overwrite=True)
+    assert files[label].read_bytes() == before
+
+
+def test_no_command_writes_over_its_input(models, tmp_path, capsys):
+    import shutil
+
+    from safetensors.torch import save_file
+
+    a, b = tmp_path / "A.safetensors", tmp_path / "B.safetensors"
+    shutil.copy(models[("sd1", "A")], a)
+    shutil.copy(models[("sd1", "B")], b)
+    name = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k"
+    lora_dir = tmp_path / "loras"
+    lora_dir.mkdir()
+    lora = lora_dir / "style.safetensors"
+    save_file({f"{name}.lora_up.weight": torch.ones(64, 1), f"{name}.lora_down.weight": torch.ones(1, 32),
+               f"{name}.alpha": torch.tensor(1.0)}, str(lora))
+    keep = {p: p.read_bytes() for p in (a, b, lora)}
+    for argv, culprit in (
+            (["merge", "-a", str(a), "-b", str(b), "-o", str(tmp_path / "sub" / ".." / "B.safetensors"),
+              "--overwrite"], "is model B itself"),
+            (["lora", "to-checkpoint", "-m", str(a), f"{lora}:0.5", "-o", str(a), "--overwrite"],
+             "is the checkpoint itself"),
+            (["lora", "to-checkpoint", "-m", str(a), f"{lora}:0.5", "-o", str(lora), "--overwrite"],
+             "is LoRA 'style' itself"),
+            (["lora", "make", "-a", str(a), "-b", str(b), "--dim", "2", "-o", str(b), "--overwrite"],
+             "is model B itself"),
+            (["lora", "merge", f"{lora}:0.5", "-o", str(lora), "--overwrite"], "is LoRA 'style' itself")):
+        (tmp_path / "sub").mkdir(exist_ok=True)
+        code, err = cli(capsys, *argv)
+        assert code == 2 and culprit in err, (argv, err)
+    assert all(p.read_bytes() == data for p, data in keep.items())

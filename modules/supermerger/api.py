@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from .errors import ModelFileError, OutputError, RecipeError
-from .io.atomic import check_output_path
+from .io.atomic import check_not_an_input, check_output_path
 from .io.hashing import BackgroundHash, legacy_hash
 from .io.safetensors_format import read_header
 from .io.sources import DictSource, Source, open_model
@@ -128,6 +128,14 @@ def merge(recipe: Recipe, *, models: Mapping[str, ModelLike] | None = None, outp
         check_output_path(out, overwrite)
     _check_device(device)
     plan = plan_merge(recipe, models, presets)
+    if out is not None:
+        try:
+            check_not_an_input(out, [(f"model {k}" if k != "VAE" else "the VAE", s.path)
+                                     for k, s in plan.sources.items()])
+        except BaseException:
+            for s in plan.sources.values():
+                s.close()
+            raise
     if history:
         from . import history as history_mod
 

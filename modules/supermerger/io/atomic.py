@@ -32,6 +32,27 @@ def check_output_path(path: str | os.PathLike, overwrite: bool) -> Path:
     return path
 
 
+def check_not_an_input(path: str | os.PathLike, inputs) -> None:
+    """Refuse an output that is one of the inputs, however it is spelt (``sub/../a``, a symlink, a hard
+    link): ``inputs`` are ``(label, path)`` pairs (None paths are skipped). With or without overwrite:
+    writing a merge over its own model A would destroy the input while it is being read."""
+    from ..errors import OutputError
+
+    out = Path(path)
+    if not out.exists():
+        return  # a file that is not there is no input
+    for label, source in inputs:
+        if source is None:
+            continue
+        try:
+            same = os.path.samefile(out, source)
+        except OSError:
+            continue
+        if same:
+            raise OutputError(f"The output {str(out)!r} is {label} itself ({str(source)!r}); an input is never "
+                              "overwritten, even with overwrite on.", "Choose another output name.")
+
+
 STALE_SECONDS = 60.0  # a temp file untouched this long, whose writer's PID is not running, is abandoned
 
 
@@ -80,6 +101,7 @@ def atomic_open(path: str | os.PathLike, overwrite: bool = False, fsync: bool = 
     remove_stale_partials(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".part", dir=path.parent)
     try:
+        _give_plain_mode(fd)
         with os.fdopen(fd, "wb", buffering=0) as f:
             yield f
             if fsync:
@@ -98,6 +120,27 @@ def atomic_open(path: str | os.PathLike, overwrite: bool = False, fsync: bool = 
     except BaseException:
         _remove_quietly(tmp)
         raise
+
+
+def current_umask() -> int:
+    """The process's umask (read from /proc where it can be, so it is never changed, even briefly)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _give_plain_mode(fd: int) -> None:
+    """mkstemp makes its file 0600; the output gets the mode a plain open() would give it (0666 & ~umask),
+    as the WebUI's own files have."""
+    if hasattr(os, "fchmod"):
+        os.fchmod(fd, 0o666 & ~current_umask())
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -16,6 +16,7 @@ from typing import Callable, Mapping
 
 from .. import arch as archmod
 from ..errors import ArchitectureError, RecipeError
+from ..io.atomic import check_not_an_input
 from ..io.sources import DictSource, Source, open_model
 from .keymap import Target, keymap_from
 from .merge_loras import LoraResult
@@ -55,6 +56,8 @@ def make_lora(model_a, model_b, output=None, *, alpha: float = 1.0, beta: float 
         a_src.close()
         raise
     try:
+        if output is not None:
+            check_not_an_input(output, [("model A", a_src.path), ("model B", b_src.path)])
         shapes = {k: v.shape for k, v in a_src.tensors.items()}
         arch = archmod.detect(a_src.tensors, shapes, a_src.name)
         arch_b = archmod.detect(b_src.tensors, {k: v.shape for k, v in b_src.tensors.items()}, b_src.name)

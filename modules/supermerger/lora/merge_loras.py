@@ -29,6 +29,7 @@ from typing import Mapping
 from .. import arch as archmod
 from ..arch import Architecture
 from ..errors import RecipeError
+from ..io.atomic import check_not_an_input
 from .blocks import LoraSpec, block_ratios, ratios_text
 from .files import open_loras
 from .formats import LoraFile, LoraMismatchError, LoraModule
@@ -105,6 +106,8 @@ def merge_loras(specs, output=None, *, mode: str = "auto", dim: int | str | None
     check_save_options(output, overwrite, precision, metadata_mode)
     loras = open_loras(specs, lora_dirs)
     try:
+        if output is not None:
+            check_not_an_input(output, [(f"LoRA {f.name!r}", f.path) for _, f in loras])
         a = _arch_of(loras, arch)
         notices: list[str] = []
         unmatched: dict[str, list[str]] = {}
@@ -314,6 +317,8 @@ def extract_loras(specs, output=None, *, alpha: float = 1.0, beta: float = 1.0, 
     check_save_options(output, overwrite, precision, metadata_mode)
     loras = open_loras(specs, lora_dirs)
     try:
+        if output is not None:
+            check_not_an_input(output, [(f"LoRA {f.name!r}", f.path) for _, f in loras])
         if len(loras) < 2:
             raise RecipeError("Extract from two LoRAs needs two LoRAs (the first two items are used).")
         loras = loras[:2]

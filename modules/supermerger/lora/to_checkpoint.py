@@ -20,7 +20,7 @@ from typing import Callable, Mapping
 from .. import arch as archmod
 from ..arch import Architecture
 from ..errors import OutputError, RecipeError
-from ..io.atomic import check_output_path
+from ..io.atomic import check_not_an_input, check_output_path
 from ..io.sources import DictSource, Source, open_model, torch_dtype
 from .blocks import LoraSpec, block_ratios, ratios_text
 from .files import open_loras
@@ -218,6 +218,9 @@ def merge_to_checkpoint(checkpoint, specs, output: str | os.PathLike | None = No
     plan = plan_to_checkpoint(checkpoint, specs, lora_dirs=lora_dirs, presets=presets, strict=strict)
     result = CheckpointResult(plan)
     try:
+        if out is not None:
+            check_not_an_input(out, [("the checkpoint", plan.source.path)]
+                               + [(f"LoRA {lo.name!r}", lo.file.path) for lo in plan.loras])
         src = plan.source
         codes = {k: (DTYPES[dtype] if dtype != "keep" and info.is_float else info.dtype)
                  for k, info in src.tensors.items()}
