@@ -85,28 +85,56 @@ def read_header(path: str | os.PathLike) -> Header:
     if not isinstance(header, dict):
         raise ModelFileError(f"{name!r} has a corrupt safetensors header (not a JSON object).")
     data_start = 8 + n
-    meta = header.pop("__metadata__", None) or {}
-    if not isinstance(meta, dict):
+    meta = header.pop("__metadata__", None)
+    if meta is None:
         meta = {}
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise ModelFileError(f"{name!r}: its __metadata__ is not a map of strings to strings, as the safetensors "
+                             "format requires.")
     tensors: dict[str, TensorInfo] = {}
+    spans: list[tuple[int, int, str]] = []
     for key, entry in header.items():
         try:
             dtype = entry["dtype"]
-            shape = tuple(int(s) for s in entry["shape"])
-            begin, end = (int(x) for x in entry["data_offsets"])
+            shape = tuple(_whole(s) for s in entry["shape"])
+            offsets = entry["data_offsets"]
+            if not isinstance(offsets, list) or len(offsets) != 2:
+                raise ValueError
+            begin, end = (_whole(x) for x in offsets)
         except (KeyError, TypeError, ValueError):
-            raise ModelFileError(f"{name!r}: malformed header entry for tensor {key!r}.") from None
+            raise ModelFileError(f"{name!r}: malformed header entry for tensor {key!r} (shape and data offsets "
+                                 "must be lists of whole numbers ≥ 0).") from None
         if dtype not in DTYPES:
             raise ModelFileError(f"{name!r}: tensor {key!r} has unsupported dtype {dtype!r}.")
         info = TensorInfo(dtype, shape, data_start + begin)
-        if end - begin != info.nbytes or begin < 0:
+        if end - begin != info.nbytes:
             raise ModelFileError(f"{name!r}: tensor {key!r} has {end - begin} bytes for shape {list(shape)} {dtype}.")
         if data_start + end > size:
             raise ModelFileError(
                 f"{name!r} is truncated: tensor {key!r} ends at byte {data_start + end}, the file has {size}.",
                 "Download or copy the file again.")
         tensors[key] = info
-    return Header(tensors, {str(k): str(v) for k, v in meta.items()}, data_start, size)
+        spans.append((begin, end, key))
+    # The format's rule: the tensors' bytes tile the data section exactly, no overlap, no hole, nothing after.
+    pos, last = 0, None
+    for begin, end, key in sorted(spans):
+        if begin != pos:
+            what = (f"overlaps tensor {last!r}" if begin < pos else f"leaves {begin - pos} bytes unused before it")
+            raise ModelFileError(f"{name!r}: the data of tensor {key!r} (bytes {begin}-{end}) {what}; a safetensors "
+                                 "file's tensors lie back to back.", "The file is damaged or was not written by "
+                                 "a safetensors writer: get it again.")
+        pos, last = end, key
+    if data_start + pos != size:
+        raise ModelFileError(f"{name!r} has {size - data_start - pos} bytes after its last tensor; a safetensors "
+                             "file ends where its data does.", "The file is damaged: get it again.")
+    return Header(tensors, dict(meta), data_start, size)
+
+
+def _whole(value) -> int:
+    """A shape entry or data offset: a JSON whole number ≥ 0 (not a float, a string or a bool)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(value)
+    return value
 
 
 def build_header(entries: list[tuple[str, str, tuple[int, ...]]], metadata: dict[str, str] | None,
