@@ -17,7 +17,9 @@ if _MODULES not in sys.path:
 if __package__ == "supermerger":
     from modules import script_callbacks  # the WebUI's
 
-    from supermerger.ui.webui_tab import on_ui_tabs, use_extension_folder
+    from supermerger.ui.webui_tab import after_component, on_ui_tabs, use_extension_folder
 
     use_extension_folder(os.path.dirname(_MODULES))  # history, presets, ... in the extension's folder
     script_callbacks.on_ui_tabs(on_ui_tabs)
+    if hasattr(script_callbacks, "on_after_component"):  # the WebUI's checkpoint dropdown follows the merge
+        script_callbacks.on_after_component(after_component)

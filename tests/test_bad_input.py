@@ -45,7 +45,7 @@ def test_unknown_preset_suggests(models):
 @pytest.mark.parametrize("text, message", [
     ("OUT03:attn2", "entry 1 .* has 1 ':'"),
     ("OUT03:attn:0.5,IN04:x:y:0.1", "entry 2 .* has 3 ':'"),
-    ("OUT03:attn:abc", "ratio 'abc' is not a number"),
+    ("OUT03:attn:abc", "ratio 'abc' is not a finite number"),
     ("OUT3:attn:0.5", "(?s)Unknown block ID 'OUT3'.*OUT03"),
     ("OUT03:attn:0.5\nIN13::0.1", "IN13.*entry 2.*line 2"),
 ])
@@ -230,3 +230,56 @@ def test_no_command_writes_over_its_input(models, tmp_path, capsys):
         code, err = cli(capsys, *argv)
         assert code == 2 and culprit in err, (argv, err)
     assert all(p.read_bytes() == data for p, data in keep.items())
+
+
+BAD_NUMBERS = ["nan", "inf", "-inf", "1e999", "1_0", "0x1", "NaN", "infinity"]
+
+
+@pytest.mark.parametrize("bad", BAD_NUMBERS)
+def test_every_ratio_is_a_finite_decimal(models, tmp_path, capsys, bad):
+    """`--alpha nan`, `1e999` in a weight list or an elemental entry once wrote a model of non-finite
+    tensors with exit 0; the dice limits took Python spellings such as 1_0. One reader refuses them all,
+    naming the field, the value and where it stands."""
+    from supermerger.lora.blocks import parse_specs
+    from supermerger.merge.adjust import parse_adjust
+    from supermerger.merge.weights import is_number
+
+    assert not is_number(bad)
+    a, b = str(models[("sd1", "A")]), str(models[("sd1", "B")])
+    out = tmp_path / "out.safetensors"
+    try:
+        code, err = cli(capsys, "merge", "-a", a, "-b", b, f"--alpha={bad}", "-o", str(out))
+    except SystemExit as e:  # argparse's own refusal (0x1 is no float to it)
+        code, err = e.code, capsys.readouterr().err
+    assert code == 2 and not out.exists()
+    assert "alpha" in err
+    weights = ",".join(["0.5"] * 6 + [bad] + ["0.5"] * 19)
+    with pytest.raises(RecipeError, match=rf"value 7 \(IN05\) is '{bad}', not a finite number"):
+        supermerger.plan_merge(ab(models, mbw_alpha=weights))
+    with pytest.raises(RecipeError, match=rf"entry 1 \('OUT05:attn2:{bad}', line 1\): ratio '{bad}' is not a finite"):
+        supermerger.plan_merge(ab(models, elemental=f"OUT05:attn2:{bad}"))
+    with pytest.raises(RecipeError, match="not a finite number"):
+        parse_adjust(f"0,{bad}")
+    with pytest.raises(RecipeError):
+        parse_specs(f"style:{bad}")
+    with pytest.raises(RecipeError, match="not a finite number"):
+        supermerger.plan_merge(ab(models, random={"mode": "R", "upper": bad}, seed=1))
+    if bad in ("nan", "inf", "-inf", "1e999"):
+        with pytest.raises(RecipeError, match="alpha must be a finite number"):
+            supermerger.plan_merge(ab(models, alpha=float(bad)))
+        with pytest.raises(RecipeError, match="not a finite number"):
+            supermerger.plan_merge(ab(models, random={"mode": "R", "lower": float(bad)}, seed=1))
+
+
+@pytest.mark.parametrize("text, message", [(":0.5", "no name"), ("a:0.5\n:0.3", "no name"),
+                                           ("a:\x1f0.5", None), ("a:0.5:\x1f", None)])
+def test_lora_spec_lines_without_a_name_or_with_control_characters(text, message):
+    from supermerger.errors import SuperMergerError
+    from supermerger.lora.blocks import parse_specs
+
+    try:
+        specs = parse_specs(text)
+    except SuperMergerError as e:
+        assert message is None or message in str(e)
+        return
+    assert message is None and all(s.name.strip() and s.ratio == 0.5 for s in specs)

@@ -108,7 +108,8 @@ def test_bad_option_value_is_one_line_not_the_usage(capsys):
         main(["merge", "--alpha", "abc"])
     err = capsys.readouterr().err
     assert e.value.code == 2
-    assert err.splitlines() == ["supermerger merge: error: argument --alpha: invalid float value: 'abc'",
+    assert err.splitlines() == ["supermerger merge: error: argument --alpha: 'abc' is not a finite decimal number "
+                                "(such as 0.5)",
                                 "Run `supermerger merge --help` for the options."]
 
 

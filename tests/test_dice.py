@@ -209,7 +209,7 @@ def test_recipe_round_trip_and_validation():
 def test_bad_limits_are_reported(sd1):
     with pytest.raises(RecipeError, match="lower limit has 3 values"):
         plan(sd1, seed=1, random={"mode": "X", "lower": "0,0.1,0.2"})
-    with pytest.raises(RecipeError, match="not a number"):
+    with pytest.raises(RecipeError, match="not a finite number"):
         plan(sd1, seed=1, random={"mode": "X", "upper": "high"})
 
 

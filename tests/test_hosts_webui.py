@@ -154,7 +154,9 @@ def build_webui(files: dict, forge: bool = False):
         if m is not None and m.sd_model_checkpoint == info.filename and not forced_reload:
             return m
         log.append(("reload", info.filename))
+        sd_hijack.model_hijack.undo_hijack(m)  # as the WebUI does around a reload
         m.load_state_dict(read_state_dict(info.filename), strict=False)
+        sd_hijack.model_hijack.hijack(m)
         m.sd_checkpoint_info, m.sd_model_checkpoint = info, info.filename
         return m
 
@@ -270,7 +272,9 @@ def test_webui_merge_survives_process_images_and_refreshes_conditioning(fake_web
     assert not [e for e in log if isinstance(e, tuple) and e[0] == "reload"]
     assert out.infotexts[0].endswith("Model: A x 0.5 + B")
     info = live.sd_checkpoint_info
-    assert info.filename == "B.safetensors" and info.title in sd_models.checkpoints_list
+    # model B's file stands behind it, under a name of its own (no file has it), so that picking B reloads B
+    assert info.filename.startswith("B.safetensors#") and info.title in sd_models.checkpoints_list
+    assert live.sd_model_checkpoint == info.filename
     assert sd_models.checkpoint_aliases["B"].title.startswith("B [")  # model B's entry untouched
     info.calculate_shorthash()  # what load_model_weights would do: the merge's own entry, no hashing of B
     assert info.title == f"A x 0.5 + B [{info.sha256[:10]}]" and sd_models.checkpoint_aliases["B"].name == "B"
@@ -350,15 +354,27 @@ class LoraLoader:
         self.backup, self.loaded_hash = {}, str([])
 
 
+class EmbeddingWrapper(torch.nn.Module):
+    """Forge's CLIPEmbeddingForTextualInversion: the wrapped module under ``.wrapped``, its weight also
+    re-exposed on the wrapper, so one tensor has two names in the state dict."""
+
+    def __init__(self, wrapped):
+        super().__init__()
+        self.wrapped = wrapped
+        self.w = wrapped.w
+
+
+@torch.inference_mode()  # Forge's forge_loader builds under inference mode: its parameters are inference tensors
 def forge_model(state: dict):
     """Forge's model object in miniature: components under forge_objects, LDM names inside UNet/VAE,
-    transformers names inside the text encoder."""
+    transformers names inside the text encoder, whose tensor Forge's wrapper holds under two names."""
     unet = torch.nn.Module()
-    unet.w = torch.nn.Parameter(state[KEYS["unet"]].clone())
+    unet.w = torch.nn.Parameter(state[KEYS["unet"]].clone(), requires_grad=False)
     vae = torch.nn.Module()
-    vae.w = torch.nn.Parameter(state[KEYS["vae"]].clone())
+    vae.w = torch.nn.Parameter(state[KEYS["vae"]].clone(), requires_grad=False)
     te = TextEncoder()
     te.text_model.w.data.copy_(state[KEYS["te"]])
+    te.text_model = EmbeddingWrapper(te.text_model)
     unet_patcher = types.SimpleNamespace(model=types.SimpleNamespace(diffusion_model=unet), lora_loader=LoraLoader())
     clip = types.SimpleNamespace(cond_stage_model=types.SimpleNamespace(clip_l=types.SimpleNamespace(transformer=te)),
                                  patcher=types.SimpleNamespace(lora_loader=LoraLoader()))
@@ -420,5 +436,43 @@ def test_forge_builds_through_its_own_path_then_swaps_in_place(fake_webui):
     assert host.generate(P).images[0] == (21.0, 28.0, 14.0)
     assert len([e for e in log if isinstance(e, tuple) and e[0] == "forge_build"]) == 1
 
-    with pytest.raises(SuperMergerError, match="lacks"):
+    with pytest.raises(SuperMergerError, match="lacks 1 weight of the live model .'first_stage_model.w'"):
         host.load_state_dict({k: v for k, v in weights(1.0).items() if k != KEYS["vae"]}, "broken")
+    # all or nothing: a text encoder that does not fit leaves the UNet and the VAE as they were, too
+    bad = {**weights(1.0), KEYS["te"]: torch.ones(4)}
+    with pytest.raises(SuperMergerError, match="another shape .*text_model.w .4 in the merge, 3 live"):
+        host.load_state_dict(bad, "broken")
+    assert host.generate(P).images[0] == (21.0, 28.0, 14.0) and host.model_name == "second merge"
+
+
+def test_webui_forgets_the_merge_when_the_user_loads_a_checkpoint(fake_webui):
+    """Item 7/10 of the A1111 live findings: a model the host did not load replaces the merge (identity
+    check, and the WebUI's on_model_loaded callback); only the live merge is listed; picking model A's own
+    file reloads A from disk instead of keeping the merge under A's name."""
+    from supermerger.hosts.webui import WebUIHost
+
+    mods, log = fake_webui(FILES)
+    sd_models, shared = mods["sd_models"], mods["shared"]
+    sd_models.load_model(sd_models.checkpoint_aliases["A"])
+    host = WebUIHost()
+    host.load_state_dict(weights(5.0), "first", infotext={"Model": "first ID 1", "SuperMerger recipe": "{}"})
+    first = sd_models.model_data.sd_model.sd_checkpoint_info
+    host.load_state_dict(weights(6.0), "second", infotext={"Model": "second ID 2"})
+    titles = list(sd_models.checkpoints_list)
+    assert first.title not in titles and len([t for t in titles if t.startswith("second [")]) == 1
+    assert host.model_name == "second" and host.generate(P).infotexts[0].endswith("Model: second ID 2")
+    # the user picks model A's file: the WebUI loads it (the stand-in file name differs from A's)
+    a = sd_models.checkpoint_aliases["A"]
+    shared.opts.data["sd_model_checkpoint"] = a.title
+    out = host.generate(P)
+    assert ("reload", "A.safetensors") in log and out.images[0] == (3.0, 4.0, 2.0)
+    assert host.model_name is None and "ID" not in out.infotexts[0] and out.infotexts[0].endswith("Model: A")
+    assert not [t for t in sd_models.checkpoints_list if t.startswith("second")]
+    assert host.live_checkpoint() == a.title
+    # the callback: a load the host did not make forgets the merge; its own loads do not
+    host.load_state_dict(weights(7.0), "third")
+    host.model_loaded(sd_models.model_data.sd_model)
+    assert host.model_name is None
+    with pytest.raises(SuperMergerError, match="live merge"):
+        host.load_state_dict(weights(7.0), "fourth")
+        host.checkpoint_path("fourth")

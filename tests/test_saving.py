@@ -247,3 +247,23 @@ def test_weight_sum_metadata_has_no_model_c_and_names_read_cleanly(models, tmp_p
     assert ad.name == "sd1_A + (sd1_B - sd1_C) x 0.5_trainDifference"
     st = supermerger.merge(Recipe(mode="sum_twice", alpha=0.5, beta=0.25, **p), history=False)
     assert st.name == "(sd1_A x 0.5 + sd1_B x 0.5) x 0.75 + sd1_C x 0.25"
+
+
+def test_atomic_output_gets_the_mode_of_a_plain_open(tmp_path):
+    """mkstemp's 0600 is not kept: the file gets 0666 & ~umask, as the WebUI's own files (0644 under 022)."""
+    import os
+    import stat
+
+    from supermerger.io.atomic import atomic_write_text
+
+    old = os.umask(0o027)
+    try:
+        atomic_write_text(tmp_path / "a.txt", "x")
+        os.umask(0o022)
+        atomic_write_text(tmp_path / "b.txt", "x")
+        plain = tmp_path / "plain.txt"
+        plain.write_text("x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o640
+    assert stat.S_IMODE((tmp_path / "b.txt").stat().st_mode) == stat.S_IMODE(plain.stat().st_mode) == 0o644

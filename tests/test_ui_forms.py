@@ -164,7 +164,7 @@ def test_elemental_live_check(models):
         "Error: Elemental entry 1 ('OUT03:attn2', line 1) has 1 ':' but needs exactly 2: BLOCKS:ELEMENTS:RATIO. "
         "Example: OUT03 OUT04:attn2 attn1.to_out:0.5 (leave BLOCKS or ELEMENTS empty for 'all').")
     bad = forms.elemental_check("IN01::0.5\nOUT09:attn:abc", recipe, plan_merge)
-    assert bad.startswith("Error: Elemental entry 2 ('OUT09:attn:abc', line 2): ratio 'abc' is not a number.")
+    assert bad.startswith("Error: Elemental entry 2 ('OUT09:attn:abc', line 2): ratio 'abc' is not a finite number.")
     # without models: the syntax against the blocks of the chosen architecture
     assert forms.elemental_check("IN11::1", None, plan_merge, "sd1").startswith("SD1.x: 1 entry parsed")
     assert forms.elemental_check("IN11::1", None, plan_merge, "sdxl").startswith(

@@ -170,11 +170,15 @@ def test_merge_from_the_tab_reaches_the_live_model_with_its_id(webui):
     # (no weight/bias in the name), which the merge rule keeps from model A (all ones)
     assert sd_models.model_data.sd_model is live
     info = live.sd_checkpoint_info
-    assert info.name_for_extra == ctx.host.model_name == ctx.last_result.name
-    assert info.title in sd_models.checkpoints_list and info.filename == ctx.model_path(a_title)
+    # named as the file "Save current merge" would write (spaces out, ".fp16" for fp16), so that an
+    # image's "Model:" names the file it can be found as once saved
+    fp16 = values["dtype"] == "fp16"
+    stem = ctx.last_result.name.replace(" ", "") + (".fp16" if fp16 else "")
+    assert ctx.host.model_name == info.name == stem and info.name_for_extra == f"{stem} ID {hid}"
+    assert info.title in sd_models.checkpoints_list and info.filename.startswith(ctx.model_path(a_title) + "#")
     out = ctx.host.generate(ctx.params_from_ui(*[ctx.components[f"merge.gen.{n}"].value for n in forms.GEN_FIELDS]))
     assert out.images[0] == (3.0, 4.0, 2.0)  # te 3×1, unet 4×1, vae 2×1
-    assert f"Model: {ctx.last_result.name} ID {hid}" in out.infotexts[0]
+    assert f"Model: {stem} ID {hid}," in out.infotexts[0]
     assert "SuperMerger recipe: " in out.infotexts[0]
     assert history.get(hid).recipe().alpha == 0.25
     # a recipe restored into the tab gives the pickers' names back, not paths

@@ -10,6 +10,12 @@ How a merge becomes the live model without a file (§1.8):
   loaded and does not reload a file over the merge;
 - the conditioning caches, keyed by the checkpoint info and not by the weights, are cleared;
 - a VAE the user picked is baked into the merged dict first; otherwise the merge's own VAE is kept.
+
+The merge is live only while the WebUI's model is the object it went into, under the info made for it:
+``model_name`` checks both before each use, and ``model_loaded`` (the WebUI's ``on_model_loaded``
+callback, registered by the tab) forgets the merge whenever the WebUI loads a model itself (the user
+picked another checkpoint, a VAE change, an infotext's model). Only the live merge's info stays in the
+checkpoint registry, so the WebUI's dropdown lists it as it lists a loaded file.
 """
 
 from __future__ import annotations
@@ -33,6 +39,19 @@ def _modules():
     return devices, processing, sd_hijack, sd_models, sd_vae, shared
 
 
+MERGE_FILE_MARK = "#supermerger:"
+
+
+def merge_filename(base_filename: str, name: str) -> str:
+    """The stand-in file name of a merge that lives only in memory (model A's, marked; no such file)."""
+    return f"{base_filename}{MERGE_FILE_MARK}{name}"
+
+
+def real_filename(filename: str) -> str:
+    """The file behind a checkpoint name (a merge's stand-in name without its mark)."""
+    return str(filename).split(MERGE_FILE_MARK, 1)[0]
+
+
 def fake_sha256(name: str, recipe_text: str = "") -> str:
     """A stable stand-in hash for a merge that has no file (so the WebUI never hashes model A's file for it)."""
     return hashlib.sha256(f"supermerger:{name}:{recipe_text}".encode("utf-8")).hexdigest()
@@ -46,7 +65,10 @@ class WebUIHost(Host):
     def __init__(self):
         self._name: str | None = None
         self._extra_info: dict[str, Any] = {}
-        self.registered: list = []  # CheckpointInfo objects made for merges
+        self.registered: list = []  # CheckpointInfo objects made for merges (only the live one stays registered)
+        self._live_model = None  # the live merge: the model object it went into and its CheckpointInfo
+        self._live_info = None
+        self._own_load = False  # True while this host loads a model (its model_loaded callback is ours)
 
     # -- what the WebUI knows -------------------------------------------------------------------
     def list_checkpoints(self) -> list[str]:
@@ -78,6 +100,9 @@ class WebUIHost(Host):
         info = sd_models.get_closet_checkpoint_match(name)
         if info is None:
             raise SuperMergerError(f"The WebUI knows no checkpoint {name!r}.", "Refresh the checkpoint list.")
+        if MERGE_FILE_MARK in str(info.filename):
+            raise SuperMergerError(f"{name!r} is the live merge, which has no file to read.",
+                                   "Save it first (Save current merge), then pick the saved file.")
         return info
 
     def checkpoint_path(self, name: str) -> str:
@@ -94,7 +119,56 @@ class WebUIHost(Host):
 
     @property
     def model_name(self) -> str | None:
+        """The live merge's name; None when none is live (never merged, or the WebUI replaced it)."""
+        if self._name is not None and self._live_info is not None and not self._still_live():
+            self.forget()
         return self._name
+
+    def _still_live(self) -> bool:
+        """The WebUI's model is the object the merge went into, under the merge's info, and the checkpoint the
+        WebUI has selected is that model (else its next generation loads the selected file over it)."""
+        sd_models, shared = _modules()[3], _modules()[5]
+        model = getattr(sd_models.model_data, "sd_model", None)
+        if model is not self._live_model or getattr(model, "sd_checkpoint_info", None) is not self._live_info:
+            return False
+        selected = sd_models.checkpoint_aliases.get(getattr(shared.opts, "data", {}).get("sd_model_checkpoint"))
+        return selected is None or selected.filename == getattr(model, "sd_model_checkpoint", None)
+
+    def live_checkpoint(self) -> str | None:
+        """The title of the WebUI's live model, whatever it is (None before the first load)."""
+        sd_models = _modules()[3]
+        info = getattr(getattr(sd_models.model_data, "sd_model", None), "sd_checkpoint_info", None)
+        return getattr(info, "title", None)
+
+    def forget(self) -> None:
+        """The live model is no longer the merge: no name, no merge fields in infotexts, and the merge's
+        checkpoint entry leaves the WebUI's list."""
+        self._name, self._extra_info = None, {}
+        self._live_model = self._live_info = None
+        self.unregister_merges()
+
+    def model_loaded(self, sd_model) -> None:
+        """The WebUI's ``on_model_loaded`` callback: a load this host did not make replaces the merge."""
+        if not self._own_load and self._name is not None:
+            self.forget()
+
+    def unregister_merges(self, keep=None) -> None:
+        """Take the infos made for earlier merges out of the WebUI's registry (all but ``keep``)."""
+        sd_models = _modules()[3]
+        for info in [i for i in self.registered if i is not keep]:
+            for table in (sd_models.checkpoints_list, sd_models.checkpoint_aliases):
+                for key in [k for k, v in table.items() if v is info]:
+                    del table[key]
+        self.registered = [keep] if keep is not None else []
+
+    def _became_live(self, model, info, name: str, infotext: Mapping[str, Any] | None) -> None:
+        """Record the live merge (adapters call this once the weights are in ``model`` under ``info``)."""
+        self._live_model, self._live_info = model, info
+        self._name = name
+        self._extra_info = dict(infotext or {})
+        model_field = self._extra_info.get("Model")
+        if model_field:
+            info.name_for_extra = model_field  # the WebUI's own txt2img writes it as "Model: ..."
 
     # -- the live model -------------------------------------------------------------------------
     def make_checkpoint_info(self, base, name: str, recipe_text: str = ""):
@@ -102,30 +176,59 @@ class WebUIHost(Host):
 
         ``calculate_shorthash()`` rewrites ``title`` from ``name`` and re-registers, so ``name`` must be
         the merge's own (a copy that kept A's name would overwrite A's registry entry: §1.7)."""
-        from modules import cache  # type: ignore
-
+        self.unregister_merges()
         info = copy.copy(base)
-        sha = fake_sha256(name, recipe_text)
-        info.name = name
-        info.name_for_extra = name
-        info.model_name = name
-        info.sha256 = sha
-        info.shorthash = sha[:10]
-        info.hash = sha[:8]
-        info.title = f"{name} [{info.shorthash}]"
-        info.short_title = info.title
-        info.ids = [name, info.title, info.shorthash]
+        info.filename = real_filename(base.filename)  # a merge of a live merge stands on the same file
         info.metadata = dict(getattr(base, "metadata", {}) or {})
-        # the hash cache entry that calculate_shorthash() reads, so model A's file is never hashed for it
-        hashes = cache.cache("hashes")
         try:
-            mtime = os.path.getmtime(base.filename)
+            mtime = os.path.getmtime(info.filename)
         except OSError:
             mtime = 0
-        hashes[f"checkpoint/{name}"] = {"mtime": mtime, "sha256": sha}
-        info.register()
+        self._name_info(info, name, fake_sha256(name, recipe_text), mtime)
         self.registered.append(info)
         return info
+
+    @staticmethod
+    def _name_info(info, name: str, sha: str, mtime: float) -> None:
+        """Give a merge's info its name, title, aliases and (fake) hash, and register it."""
+        from modules import cache  # type: ignore
+
+        sd_models = _modules()[3]
+        info.name = info.name_for_extra = info.model_name = name
+        info.sha256, info.shorthash, info.hash = sha, sha[:10], sha[:8]
+        info.title = info.short_title = f"{name} [{info.shorthash}]"
+        # a name that is already another checkpoint's alias (a saved copy of this merge: its file stem)
+        # keeps pointing at that file
+        taken = sd_models.checkpoint_aliases.get(name)
+        info.ids = [info.title, info.shorthash] + ([name] if taken is None or taken is info else [])
+        # the hash cache entry that calculate_shorthash() reads, so model A's file is never hashed for it
+        cache.cache("hashes")[f"checkpoint/{name}"] = {"mtime": mtime, "sha256": sha}
+        info.register()
+
+    def rename_live(self, name: str) -> None:
+        """Name the live merge ``name`` (e.g. the stem of the file "Save" would write)."""
+        if self.model_name is None or not name or name == self._name:
+            return
+        shared = _modules()[5]
+        info = self._live_info
+        self.unregister_merges()
+        self._name_info(info, name, info.sha256, self._hash_mtime(info))
+        self.registered = [info]
+        shared.opts.data["sd_model_checkpoint"] = info.title
+        fields = dict(self._extra_info)
+        if "Model" in fields:
+            from ..history import id_from_text, model_field_with_id
+
+            hid = id_from_text(fields["Model"])
+            fields["Model"] = model_field_with_id(name, hid) if hid is not None else name
+        self._became_live(self._live_model, info, name, fields)
+
+    @staticmethod
+    def _hash_mtime(info) -> float:
+        try:
+            return os.path.getmtime(info.filename)
+        except OSError:
+            return 0
 
     def _same_layout(self, model, state_dict: Mapping) -> bool:
         if model is None or not hasattr(model, "state_dict"):
@@ -180,18 +283,77 @@ class WebUIHost(Host):
             base_info = sd_models.select_checkpoint()
         recipe_text = recipe.to_json() if hasattr(recipe, "to_json") else str(recipe or "")
         info = self.make_checkpoint_info(base_info, name, recipe_text)
-        if self._same_layout(model, state_dict):
-            self._load_into_live(model, state_dict)
-            model.sd_checkpoint_info = info
-            model.sd_model_hash = info.shorthash
-            model.sd_model_checkpoint = info.filename
-        else:
-            sd_models.load_model(info, already_loaded_state_dict=dict(state_dict))
+        self._own_load = True
+        try:
+            if not self._same_layout(model, state_dict):
+                sd_models.load_model(info, already_loaded_state_dict=dict(state_dict))
+                model = sd_models.model_data.sd_model
+            else:
+                self._load_into_live(model, state_dict)
+                model.sd_checkpoint_info = info
+                model.sd_model_hash = info.shorthash
+                model.sd_model_checkpoint = info.filename
+        except BaseException:
+            self.forget()  # whatever the model holds now, it is not the merge (nor the one before)
+            raise
+        finally:
+            self._own_load = False
+        # A file name of its own (no file has it): process_images() finds the merge already loaded under
+        # it, and a user who picks model A's file in the WebUI's dropdown gets model A loaded from disk
+        # (with A's file name the WebUI would think A loaded and keep the merge under A's name).
+        info.filename = model.sd_model_checkpoint = merge_filename(info.filename, name)
         shared.opts.data["sd_model_checkpoint"] = info.title
         self.clear_conditioning_caches()
         devices.torch_gc()
-        self._name = name
-        self._extra_info = dict(infotext or {})
+        self._became_live(model, info, name, infotext)
+
+    def merge_and_load(self, recipe, **kwargs):
+        """The base's merge and load; then the live merge's infotext fields name its history ID (known
+        once the merge was recorded, which may be after it was loaded)."""
+        result = super().merge_and_load(recipe, **kwargs)
+        self.merge_recorded(result)
+        return result
+
+    def merge_recorded(self, result, name: str | None = None) -> None:
+        """Images of the live merge carry ``Model: <name> ID <n>`` and its recipe from now on; ``name``
+        renames the merge first (the UI gives the stem of the file "Save current merge" would write)."""
+        if self.model_name is None:
+            return
+        if name:
+            self.rename_live(name)
+        if getattr(result, "history_id", None) is None:
+            return
+        from .mergeinfo import merge_fields
+
+        recipe = getattr(getattr(result, "plan", None), "recipe", None)
+        self._became_live(self._live_model, self._live_info, self._name, merge_fields(self._name, result, recipe))
+
+    def merge_saved(self, path) -> None:
+        """The live merge was written to ``path``: the WebUI lists the file (its real hash computed), and the
+        live model is shown as that checkpoint, so images name the file and its hash (PNG Info finds it)."""
+        if self.model_name is None:
+            return
+        devices, _, _, sd_models, _, shared = _modules()
+        path = os.path.abspath(str(path))
+        sd_models.list_models()  # as the WebUI's own merger does after saving; drops the merge's entry
+        saved = next((i for i in sd_models.checkpoints_list.values()
+                      if os.path.abspath(i.filename) == path), None)
+        if saved is None:  # saved outside the WebUI's checkpoint folders: the merge stays as it was
+            self._live_info.register()
+            return
+        saved.calculate_shorthash()
+        info = copy.copy(saved)
+        info.ids = list(saved.ids)
+        info.name_for_extra = self._extra_info.get("Model") or saved.name_for_extra
+        info.register()  # under the file's own title and aliases: the same file, with the merge's ID
+        self.registered = [info]
+        model = self._live_model
+        model.sd_checkpoint_info = info
+        model.sd_model_hash = info.shorthash
+        model.sd_model_checkpoint = info.filename
+        shared.opts.data["sd_model_checkpoint"] = info.title
+        self.clear_conditioning_caches()
+        self._became_live(model, info, info.name, {**self._extra_info, "Model": info.name_for_extra})
 
     def set_merge_fields(self, fields: Mapping[str, Any]) -> None:
         self._extra_info = dict(fields)
@@ -220,7 +382,8 @@ class WebUIHost(Host):
         p = processing.StableDiffusionProcessingTxt2Img(**kwargs)
         if params.scheduler and params.scheduler != "Automatic":
             p.scheduler = params.scheduler  # WebUI ≥ 1.9 ("Schedule type")
-        p.extra_generation_params.update(self._extra_info)
+        if self.model_name is not None:  # only while the merge is the live model
+            p.extra_generation_params.update(self._extra_info)
         scripts = params.extra.get("scripts")
         if scripts is not None:  # the user's txt2img scripts and their argument values (from the UI)
             p.scripts = scripts

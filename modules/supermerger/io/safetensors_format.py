@@ -79,7 +79,7 @@ def read_header(path: str | os.PathLike) -> Header:
     except IsADirectoryError:
         raise ModelFileError(f"{name!r} is a folder, not a model file.") from None
     try:
-        header = json.loads(raw.decode("utf-8").rstrip(" \0"))
+        header = json.loads(raw.decode("utf-8").rstrip(" "))  # the format pads with spaces only
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ModelFileError(f"{name!r} has a corrupt safetensors header ({e}).") from None
     if not isinstance(header, dict):

@@ -10,6 +10,8 @@ ID as in MBW (``arch`` tables).
 
 from __future__ import annotations
 
+import re
+
 import os
 from dataclasses import dataclass
 from importlib import resources
@@ -20,7 +22,7 @@ from .. import arch as archmod
 from ..arch import Architecture
 from ..arch.presets import parse_presets
 from ..errors import ArchitectureError, RecipeError, suggest
-from ..merge.weights import is_number
+from ..merge.weights import is_number, number
 
 
 def _ids(*spans: str) -> tuple[str, ...]:
@@ -102,7 +104,7 @@ def parse_specs(text: str | Sequence, default_ratio: float = 1.0) -> list[LoraSp
             out += [item] if isinstance(item, LoraSpec) else parse_specs(item, default_ratio)
         return out
     items: list[str] = []
-    for token in text.split(","):
+    for token in re.split(r"[,\r\n]", text):  # items are separated by commas or lines
         token = token.strip()
         if not token:
             continue
@@ -121,14 +123,20 @@ def _fields(item: str) -> list[str]:
     return parts
 
 
+def _spec(item: str, name: str, ratio: float, blocks: str | None = None) -> LoraSpec:
+    if not name.strip():
+        raise RecipeError(f"LoRA item {item!r} has no name before its ratio.", "For example my_lora:0.8.")
+    return LoraSpec(name, ratio, blocks)
+
+
 def _parse_item(item: str, default_ratio: float) -> LoraSpec:
     parts = _fields(item)
     if len(parts) >= 3 and is_number(parts[-2]):
-        return LoraSpec(":".join(parts[:-2]), float(parts[-2]), parts[-1].strip() or None)
+        return _spec(item, ":".join(parts[:-2]), number(parts[-2]), parts[-1].strip() or None)
     if len(parts) >= 2 and is_number(parts[-1]):
-        return LoraSpec(":".join(parts[:-1]), float(parts[-1]))
+        return _spec(item, ":".join(parts[:-1]), number(parts[-1]))
     if len(parts) == 1:
-        return LoraSpec(item, default_ratio)
+        return _spec(item, item, default_ratio)
     raise RecipeError(f"LoRA item {item!r}: expected name, name:ratio or name:ratio:blocks with a number as ratio.",
                       "For example my_lora:0.8 or my_lora:0.8:OUTD or my_lora:1:1,0,0,0,1,1,1,0,0,0,0,0,0,0,0,0,0.")
 
@@ -156,9 +164,9 @@ def block_ratios(spec: LoraSpec, arch: Architecture, presets: Mapping[str, str] 
     ratios = {b: 0.0 for b in arch.blocks}
     for pos, (block, value) in enumerate(zip(formats[len(values)], values), 1):
         if not is_number(value):
-            raise RecipeError(f"LoRA {spec.name!r}: block weight {pos} ({block}) is {value!r}, not a number.")
+            raise RecipeError(f"LoRA {spec.name!r}: block weight {pos} ({block}) is {value!r}, not a finite number.")
         if block in ratios:
-            ratios[block] = float(value) * multiplier
+            ratios[block] = number(value) * multiplier
     return ratios
 
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from ..errors import suggest
+from ..errors import RecipeError, suggest
 from .blocks import LoraSpec, parse_specs
 from .formats import LORA_EXTS, LoraFile, LoraFileError, load_lora
 
@@ -57,6 +58,8 @@ def open_loras(specs, dirs: Iterable[str | os.PathLike] | None = None) -> list[t
         if isinstance(s, tuple):
             value, ratio, *rest = s
             blocks = rest[0] if rest else None
+            if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not math.isfinite(ratio):
+                raise RecipeError(f"LoRA {i + 1}: the ratio must be a finite number, got {ratio!r}.")
             if isinstance(value, Mapping):
                 items.append((LoraSpec(f"lora{i + 1}", float(ratio), blocks), value))
             else:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from ..arch import Architecture
 from ..errors import RecipeError
-from .weights import is_number
+from .weights import is_number, number
 
 NAMES = ("IN", "OUT", "OUT2", "CONT", "BRI", "COL1", "COL2", "COL3")
 KEYS = (
@@ -41,9 +41,9 @@ def parse_adjust(text: str | None) -> tuple[float, ...] | None:
     values = []
     for pos, item in enumerate(items):
         if not is_number(item):
-            raise RecipeError(f"Adjust value {pos + 1} ({NAMES[pos]}) is {item!r}, not a number.",
+            raise RecipeError(f"Adjust value {pos + 1} ({NAMES[pos]}) is {item!r}, not a finite number.",
                               "Example: 0,0,0,0,0,0,0,0 (IN,OUT,OUT2,CONT,BRI,COL1,COL2,COL3).")
-        values.append(float(item))
+        values.append(number(item))
     values += [0.0] * (8 - len(values))
     return tuple(values) if any(values) else None
 

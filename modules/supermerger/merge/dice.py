@@ -111,10 +111,11 @@ def _as_text(value, where: str) -> str:
 
 
 def _number(text: str, where: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise RecipeError(f"{where}: {text!r} is not a number.") from None
+    from .weights import is_number, number
+
+    if not is_number(text):
+        raise RecipeError(f"{where}: {text!r} is not a finite number.", "Use a decimal number such as 0.5.")
+    return number(text)
 
 
 def _limit(text: str, where: str, chance_ok: bool) -> tuple[float, float | None]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from ..arch import Architecture
 from ..errors import RecipeError, suggest
-from .weights import is_number
+from .weights import is_number, number
 
 ELEMENT_TOKENS = ("R", "U", "X")  # random ratios drawn for every matching key (spec §11.2)
 
@@ -112,9 +112,9 @@ def parse_elemental(text: str | None, arch: Architecture, extended: bool = False
         if ratio_field.upper() in ELEMENT_TOKENS:
             token = ratio_field.upper()
         elif is_number(ratio_field):
-            ratio = float(ratio_field)
+            ratio = number(ratio_field)
         else:
-            raise RecipeError(f"Elemental entry {index} ({entry!r}, line {lineno}): ratio {ratio_field!r} is not a number.",
+            raise RecipeError(f"Elemental entry {index} ({entry!r}, line {lineno}): ratio {ratio_field!r} is not a finite number.",
                               "The third field is the ratio, e.g. 0.5 (or R, U, X with the dice roll).")
         entries.append(ElementalEntry(index, lineno, entry, blocks, blocks_not, tuple(el_tokens), el_not, ratio, token,
                                       extended))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,8 +113,8 @@ class Recipe:
     def check_types(self, source: str = "recipe") -> None:
         for name in ("alpha", "beta", "gamma"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise RecipeError(f"{source}: {name} must be a number, got {value!r}.")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise RecipeError(f"{source}: {name} must be a finite number, got {value!r}.")
             setattr(self, name, float(value))
         for name in ("prune", "reset_clip_ids", "overwrite", "metadata", "extended_xl"):
             if not isinstance(getattr(self, name), bool):

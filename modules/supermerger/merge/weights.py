@@ -11,6 +11,7 @@ numbers (with the recipe's seed) before ``parse_weights`` reads the list.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Mapping, Sequence
 
@@ -23,7 +24,25 @@ _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
 
 def is_number(text: str) -> bool:
-    return bool(_NUMBER.match(text.strip()))
+    """The one test of every ratio a user types (weights, elemental, adjust, LoRA specs, axis values, dice
+    limits): a finite decimal number ("0.5", "-1", ".25", "1e-3"). Not "nan", "inf", "1e999" (which is
+    infinite), "1_0" or "0x1" — Python's float() takes some of those."""
+    t = str(text).strip()
+    return bool(_NUMBER.match(t)) and math.isfinite(float(t))
+
+
+def number(text: str) -> float:
+    """The value of a text that ``is_number`` accepts."""
+    return float(str(text).strip())
+
+
+def finite_float(text: str) -> float:
+    """An argparse ``type`` for a ratio option: ``is_number`` or argparse's one-line error."""
+    import argparse
+
+    if not is_number(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite decimal number (such as 0.5)")
+    return number(text)
 
 
 def expand_preset(spec: str | Sequence[float], presets: Mapping[str, str], what: str = "alpha") -> str | Sequence[float]:
@@ -113,9 +132,9 @@ def parse_weights(spec: str | Sequence[float], arch: Architecture, presets: Mapp
                 f"Weights {what}, value {pos} ({name}) is the random token {item!r}; it has to be drawn "
                 "first (merge.dice, which the merge plan does with the recipe's seed).")
         if not is_number(item):
-            raise RecipeError(f"Weights {what}, value {pos} ({name}) is {item!r}, not a number.",
+            raise RecipeError(f"Weights {what}, value {pos} ({name}) is {item!r}, not a finite number.",
                               "Use a decimal number such as 0.5 (a dot, not a comma, as decimal separator).")
-        values[name] = float(item)
+        values[name] = number(item)
     return tuple(values[b] for b in (arch.fine_blocks if names == arch.fine_blocks else arch.blocks))
 
 

@@ -15,9 +15,12 @@ log = logging.getLogger("supermerger.ui")
 
 
 def status_text(ctx: UIContext) -> str:
+    """What the live model is, computed each time (on page load too): the merge, or none."""
+    ctx.merge_is_live()
     name = ctx.host.model_name
     if not name:
-        return "No merged model loaded."
+        live = getattr(ctx.host, "live_checkpoint", lambda: None)()
+        return "No merged model loaded." + (f" The live model is {live}." if live else "")
     hid = getattr(ctx.last_result, "history_id", None)
     return f"Current model: {name}" + (f" · ID {hid}" if hid is not None else " · No ID")
 
@@ -41,7 +44,7 @@ def run_action(ctx: UIContext, do_merge: bool, do_gen: bool, merge_values, gen_v
 
                     params = params.with_(extra={**params.extra, "progress": report})
                 out = ctx.host.generate(params)
-                hid = getattr(ctx.last_result, "history_id", None)
+                hid = getattr(ctx.last_result, "history_id", None) if ctx.merge_is_live() else None
                 if draw_id and hid is not None and ctx.host.model_name:
                     from ..hosts.mergeinfo import draw_id as draw
 
@@ -86,30 +89,57 @@ def merge_now(ctx: UIContext, values, progress=None) -> list[str]:
     ctx.last_recipe = result.plan.recipe  # with the seed actually drawn: a save replays it exactly
     lines = [f"Merged in {result.seconds:.1f} s."] + [f"Notice: {n}" for n in result.notices]
     form = ctx.merge_values(values)
+    recorded = getattr(ctx.host, "merge_recorded", None)
+    if recorded is not None:  # the WebUI names the live merge as the file "Save" would write
+        try:
+            stem = save_path(ctx, ctx.last_recipe, form, result.plan).stem
+        except SuperMergerError:  # a custom name no file can have: the Save reports it
+            stem = None
+        recorded(result, name=stem)
     if form.get("save"):
         path = save_merge(ctx, ctx.last_recipe, form)
         lines.append(f"Merged model saved in {path}")
     return lines
 
 
-def save_merge(ctx: UIContext, recipe, form: dict) -> Path:
-    """Write ``recipe`` (the live merge's) to a file with the form's save options: format, precision,
-    prune, overwrite, custom name. The merge is computed again from the files (same seed, same result)."""
-    from ..api import merge, plan_merge
+def _save_recipe(recipe, form: dict):
+    return recipe.replace(dtype=form.get("dtype") or recipe.dtype, prune=bool(form.get("prune")),
+                          overwrite=bool(form.get("overwrite")))
+
+
+def save_path(ctx: UIContext, recipe, form: dict, plan=None) -> Path:
+    """The file "Save" writes for ``recipe`` with the form's options: the custom name, else the merge's
+    default file name (``plan``: the merge's plan, when there is one; else it is planned here)."""
+    from ..api import plan_merge
     from ..merge.naming import default_filename
 
-    recipe = recipe.replace(dtype=form.get("dtype") or recipe.dtype, prune=bool(form.get("prune")),
-                            overwrite=bool(form.get("overwrite")))
+    recipe = _save_recipe(recipe, form)
     fmt = form.get("save_format") or "safetensors"
     folder = ctx.output_dir
     path = forms.output_path(folder, form.get("custom_name") or "", fmt)
     if path is None:
-        plan = plan_merge(recipe)
-        for s in plan.sources.values():
-            s.close()
+        if plan is None:
+            plan = plan_merge(recipe)
+            for s in plan.sources.values():
+                s.close()
         ext = ".safetensors" if fmt == "safetensors" else ".ckpt"
         name = default_filename(plan.name, ext, fp16=recipe.dtype == "fp16", variant=plan.variant)
         path = (folder or Path.cwd()) / name
+    return path
+
+
+def save_merge(ctx: UIContext, recipe, form: dict) -> Path:
+    """Write ``recipe`` (the live merge's) to a file with the form's save options: format, precision,
+    prune, overwrite, custom name. The merge is computed again from the files (same seed, same result).
+    A host that lists checkpoints learns of the file (``merge_saved``: the WebUI shows the live merge as
+    that checkpoint, with its hash)."""
+    from ..api import merge
+
+    path = save_path(ctx, recipe, form)
+    recipe = _save_recipe(recipe, form)
     path.parent.mkdir(parents=True, exist_ok=True)
     merge(recipe, output=path, overwrite=recipe.overwrite, history=False)
+    saved = getattr(ctx.host, "merge_saved", None)
+    if saved is not None and ctx.merge_is_live():
+        saved(path)
     return path

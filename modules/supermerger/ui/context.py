@@ -25,7 +25,8 @@ class UIContext:
                  images_dir: str | os.PathLike | None = None,
                  gen_defaults_fn: Callable[[], GenParams] | None = None,
                  samplers_fn: Callable[[], list[str]] | None = None,
-                 vae_path_fn: Callable[[str], str] | None = None):
+                 vae_path_fn: Callable[[str], str] | None = None,
+                 grids_dir_fn: Callable[[], str | os.PathLike] | None = None):
         self.host = host
         self.device = device
         self.output_dir = Path(output_dir) if output_dir else None
@@ -36,6 +37,7 @@ class UIContext:
         self._gen_defaults_fn = gen_defaults_fn
         self._samplers_fn = samplers_fn
         self._vae_path_fn = vae_path_fn
+        self._grids_dir_fn = grids_dir_fn  # where XYZ grids go (the WebUI's txt2img-grids); None: data folder
         self.components: dict[str, Any] = {}
         self.stop = threading.Event()
         self.stop_hooks: list[Callable[[], None]] = []  # also run by Stop (e.g. the WebUI's interrupt)
@@ -55,6 +57,23 @@ class UIContext:
         merge") may be shown or used for it."""
         self.last_result = None
         self.last_recipe = None
+
+    def merge_is_live(self) -> bool:
+        """Whether the Merge tab's last merge is still the host's live model (the host says when the user
+        loaded another model behind its back; then the merge is forgotten here too)."""
+        if self.last_result is not None and not self.host.model_name:
+            self.live_model_replaced()
+        return self.last_result is not None
+
+    def grids_dir(self) -> Path | None:
+        """Where the XYZ plot writes its grids: the host's image folder where it has one."""
+        if self._grids_dir_fn is None:
+            return None
+        try:
+            folder = self._grids_dir_fn()
+        except Exception:  # noqa: BLE001 - the WebUI's settings are not readable: the data folder
+            return None
+        return Path(folder) if folder else None
 
     # -- registering -------------------------------------------------------------------------
     def register(self, name: str, component):

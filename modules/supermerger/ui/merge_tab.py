@@ -23,6 +23,7 @@ from .actions import merge_now, run_action, save_merge, status_text
 from .context import UIContext
 
 log = logging.getLogger("supermerger.ui")
+MODEL_C_UNUSED = "Model C (not used by this mode)"
 
 
 def arch_of(ctx: UIContext, name: str | None) -> str | None:
@@ -52,8 +53,10 @@ def _models(ctx: UIContext) -> list[str]:
 def build(ctx: UIContext) -> None:
     reg = ctx.register
     models = _models(ctx)
-    first_a = models[0] if ctx.demo and models else None
-    first_b = models[1] if ctx.demo and len(models) > 1 else None
+    # the first two models start picked (the WebUI's lists them by name): a tab whose pickers start empty
+    # reads as if it found no models
+    first_a = models[0] if models else None
+    first_b = models[1] if len(models) > 1 else None
     start_arch = arch_of(ctx, first_a) or "sd1"
     comps: dict[str, object] = {}
     presets = load_presets()
@@ -66,8 +69,10 @@ def build(ctx: UIContext) -> None:
                                                **compat.dropdown_kwargs(custom=True))
                 comps["model_b"] = gr.Dropdown(models, value=first_b, label="Model B", elem_id="supermerger_model_b",
                                                **compat.dropdown_kwargs(custom=True))
-                comps["model_c"] = gr.Dropdown(models, value=None, label="Model C", elem_id="supermerger_model_c",
-                                               interactive=False, **compat.dropdown_kwargs(custom=True))
+                # always interactive: Gradio 4+ draws a disabled dropdown without its arrow, like a text box;
+                # the label says when the mode ignores it (forms.recipe_from_values drops it then)
+                comps["model_c"] = gr.Dropdown(models, value=None, label=MODEL_C_UNUSED, elem_id="supermerger_model_c",
+                                               **compat.dropdown_kwargs(custom=True))
                 refresh = gr.Button("↻", elem_id="supermerger_refresh_models", elem_classes=["sm-tool"],
                                     min_width=40)
             with gr.Row():
@@ -88,7 +93,8 @@ def build(ctx: UIContext) -> None:
                 gen_btn = gr.Button("Gen", elem_id="supermerger_gen")
                 merge_gen_btn = gr.Button("Merge & Gen", variant="primary", elem_id="supermerger_merge_gen")
                 stop_btn = gr.Button("Stop", variant="stop", elem_id="supermerger_stop")
-            status = gr.Textbox(status_text(ctx), label="Status", interactive=False, lines=2,
+            # computed on each page load: the live model may have changed since the UI was built
+            status = gr.Textbox(lambda: status_text(ctx), label="Status", interactive=False, lines=2,
                                 elem_id="supermerger_status")
 
             # -- block weights
@@ -360,15 +366,16 @@ def _plan_safetensors(recipe):
 
 
 def _wire_sliders(comps, calc_info):
-    """alpha / beta / gamma and model C are enabled only where the mode and calcmode use them; with MBW
-    on, the weight lists replace alpha and beta."""
+    """alpha / beta / gamma are enabled only where the mode and calcmode use them (model C's label says
+    so); with MBW on, the weight lists replace alpha and beta."""
     def on_mode(mode, calcmode, use_mbw):
         try:
             use = forms.slider_use(mode, calcmode)
         except SuperMergerError:
             return [compat.update()] * 5
         return [compat.update(interactive=not use_mbw), compat.update(interactive=use.beta and not use_mbw),
-                compat.update(interactive=use.gamma), compat.update(interactive=use.model_c),
+                compat.update(interactive=use.gamma),
+                compat.update(label="Model C" if use.model_c else MODEL_C_UNUSED),
                 _calc_info(calcmode)]
 
     inputs = [comps["mode"], comps["calcmode"], comps["use_mbw"]]
@@ -440,9 +447,9 @@ def _wire_actions(ctx: UIContext, merge_btn, gen_btn, merge_gen_btn, stop_btn, s
 
     def do_save_current(*values):
         try:
-            if ctx.last_recipe is None:
+            if not ctx.merge_is_live() or ctx.last_recipe is None:
                 return status_text(ctx) + ("\nNothing to save: the live model is not a merge from this tab "
-                                           "(none yet, or the XYZ plot or the LoRA tab replaced it); merge first.")
+                                           "(none yet, or another checkpoint, the XYZ plot or the LoRA tab replaced it); merge first.")
             with ctx.lock:
                 path = save_merge(ctx, ctx.last_recipe, ctx.merge_values(values))
             return status_text(ctx) + f"\nMerged model saved in {path}"

@@ -34,11 +34,12 @@ def start(ctx: UIContext, progress=None) -> tuple[list, str]:
     queue = ReservationQueue()
     if queue.pending() == 0:
         return [], "No reservation is waiting."
+    folder = output_folder(ctx)
     items, lines = [], []
     with ctx.lock:
         ctx.stop.clear()
         ctx.live_model_replaced()  # each plot merges into the live model
-        for entry in queue.run(plot_runner(ctx.host, output_folder(), stop=ctx.stop), stop=ctx.stop):
+        for entry in queue.run(plot_runner(ctx.host, folder, stop=ctx.stop), stop=ctx.stop):
             lines.append(f"Reservation {entry.id}: {entry.status}" + (f" ({entry.error})" if entry.error else ""))
             items += _images_of(entry.outputs)
             if progress is not None:
@@ -73,19 +74,24 @@ def build(ctx: UIContext) -> None:
         except SuperMergerError as e:
             return compat.update(), "Error: " + ctx.message(e)
 
+    from .actions import status_text
+
+    merge_status = [ctx.status] if ctx.status is not None else []  # the Merge tab's: the live model changed
+
     def on_start(progress=gr.Progress()):
         try:
             items, text = start(ctx, progress)
-            return items or compat.update(), text, table_rows()
+            out = [items or compat.update(), text, table_rows()]
         except SuperMergerError as e:
-            return compat.update(), "Error: " + ctx.message(e), compat.update()
+            out = [compat.update(), "Error: " + ctx.message(e), compat.update()]
         except Exception as e:  # noqa: BLE001
             log.exception("reservations failed")
-            return compat.update(), "Error: " + ctx.message(e), compat.update()
+            out = [compat.update(), "Error: " + ctx.message(e), compat.update()]
+        return out + [status_text(ctx) for _ in merge_status]
 
     reload_btn.click(on_reload, None, [table, status])
     delete_btn.click(on_delete, number, [table, status])
-    start_btn.click(on_start, None, [gallery, status, table])
+    start_btn.click(on_start, None, [gallery, status, table] + merge_status)
     stop_btn.click(lambda: ctx.stop.set(), None, None, queue=False)
 
 

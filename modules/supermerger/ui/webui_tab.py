@@ -84,6 +84,16 @@ def output_dir() -> str:
         return os.path.join(os.getcwd(), "models", "Stable-diffusion")
 
 
+def grids_dir() -> str:
+    """Where the WebUI puts txt2img grids (Settings → Paths: the grids folder, else txt2img-grids), so the
+    XYZ plot's grids land beside them."""
+    from modules import shared  # type: ignore
+
+    data = getattr(shared.opts, "data", {})
+    folder = data.get("outdir_grids") or data.get("outdir_txt2img_grids") or os.path.join("outputs", "txt2img-grids")
+    return os.path.abspath(folder)
+
+
 def sampler_names() -> list[str]:
     from modules import sd_samplers  # type: ignore
 
@@ -105,7 +115,7 @@ def make_context() -> UIContext:
     """The tab's context: merges and generations take the WebUI's queue lock (so they never run beside
     a txt2img job); Stop also interrupts a generation (``WebUIHost.interrupt``)."""
     ctx = UIContext(make_host(), gen_defaults_fn=txt2img_defaults, samplers_fn=sampler_names,
-                    vae_path_fn=vae_path, output_dir=output_dir())
+                    vae_path_fn=vae_path, output_dir=output_dir(), grids_dir_fn=grids_dir)
     try:
         from modules.call_queue import queue_lock  # type: ignore
 
@@ -115,9 +125,53 @@ def make_context() -> UIContext:
     return ctx
 
 
+def watch_model_loads(host) -> None:
+    """The WebUI tells the host of every model it loads (the user's checkpoint dropdown, an infotext's
+    model, a VAE change): a load the host did not make replaces the live merge."""
+    try:
+        from modules import script_callbacks  # type: ignore
+    except ImportError:
+        return
+    register = getattr(script_callbacks, "on_model_loaded", None)
+    if register is not None and hasattr(host, "model_loaded"):
+        register(host.model_loaded)
+
+
+CHECKPOINT_DROPDOWN = "setting_sd_model_checkpoint"  # the WebUI's quicksettings checkpoint dropdown
+
+
+def checkpoint_dropdown_update() -> dict:
+    """The WebUI's checkpoint dropdown as the WebUI itself refreshes it: the live model's title, among the
+    registered checkpoints (a live merge is one of them)."""
+    from modules import sd_models, shared  # type: ignore
+
+    from .compat import update
+
+    use_short = getattr(shared.opts, "data", {}).get("sd_checkpoint_dropdown_use_short", False)
+    return update(value=shared.opts.data.get("sd_model_checkpoint"), choices=sd_models.checkpoint_tiles(use_short))
+
+
+def after_component(component, **kwargs) -> None:
+    """The WebUI's ``on_after_component`` callback. When its checkpoint dropdown is made (in the page's root
+    Blocks, after the tabs were built), it follows the Merge tab's status: every action that changes the
+    live model changes the status, and the page load fills it, so the dropdown shows the merge after a
+    merge and after a reload, as it shows a checkpoint the WebUI loaded."""
+    if getattr(component, "elem_id", None) != CHECKPOINT_DROPDOWN:
+        return
+    ctx = getattr(on_ui_tabs, "context", None)
+    if ctx is None or ctx.status is None:
+        return
+    from .compat import GRADIO_MAJOR
+
+    # not queued: a quick read of the registry, and a page reloaded meanwhile leaves no queue join pending
+    ctx.status.change(checkpoint_dropdown_update, None, component, queue=False,
+                      show_progress=False if GRADIO_MAJOR < 4 else "hidden")
+
+
 def on_ui_tabs():
     """The ``on_ui_tabs`` callback: [(blocks, title, elem_id)]."""
     ctx = make_context()
+    watch_model_loads(ctx.host)
     with gr.Blocks(analytics_enabled=False) as tab:
         build_tabs(ctx)
     on_ui_tabs.context = ctx  # for tests and other callbacks

@@ -58,10 +58,12 @@ def minus_ones(n) -> str:
     return ",".join(["-1"] * max(n, 0))
 
 
-def output_folder() -> Path:
+def output_folder(ctx: UIContext | None = None) -> Path:
+    """Where XYZ grids (and their csv, gif, models) go: the host's grid folder (inside the WebUI, its
+    txt2img-grids), else ``outputs/xyz`` in the data folder."""
     from ..paths import data_dir
 
-    folder = data_dir() / "outputs" / "xyz"
+    folder = (ctx.grids_dir() if ctx is not None else None) or data_dir() / "outputs" / "xyz"
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
@@ -80,7 +82,7 @@ def run_plot(ctx: UIContext, xyz_values, merge_values, gen_values, progress=None
     from ..xyplot.plan import arch_for, plan, split_reservations
 
     plot, recipe, params = _settings_of(ctx, xyz_values, merge_values, gen_values)
-    folder = output_folder()
+    folder = output_folder(ctx)
     lines: list[str] = []
     items: list = []
     with ctx.lock:
@@ -168,7 +170,7 @@ def build(ctx: UIContext) -> None:
                 preset = gr.Dropdown(_preset_names(), value=None, label="Preset", elem_id="supermerger_xyz_preset")
                 load_btn = gr.Button("Load", elem_id="supermerger_xyz_preset_load")
                 delete_btn = gr.Button("Delete", elem_id="supermerger_xyz_preset_delete")
-                refresh_btn = gr.Button("🔄", elem_classes=["sm-tool"], min_width=40,
+                refresh_btn = gr.Button("↻", elem_classes=["sm-tool"], min_width=40,
                                         elem_id="supermerger_xyz_preset_refresh")
             with gr.Row():
                 preset_name = gr.Textbox("", label="Save as", placeholder="name", elem_id="supermerger_xyz_preset_name")
@@ -187,7 +189,7 @@ def build(ctx: UIContext) -> None:
                 to_x = gr.Button("↑ Set as X values", elem_id="supermerger_xyz_to_x")
                 to_y = gr.Button("↑ Set as Y values", elem_id="supermerger_xyz_to_y")
                 to_z = gr.Button("↑ Set as Z values", elem_id="supermerger_xyz_to_z")
-                refresh_ckpt = gr.Button("🔄 checkpoints", elem_id="supermerger_xyz_refresh_checkpoints")
+                refresh_ckpt = gr.Button("↻ checkpoints", elem_id="supermerger_xyz_refresh_checkpoints")
 
     for name in XYZ_FIELDS:
         reg(f"xyz.{name}", c[name])
@@ -204,15 +206,18 @@ def build(ctx: UIContext) -> None:
     def split(values):
         return values[:n_xyz], values[n_xyz:n_xyz + n_merge], values[n_xyz + n_merge:]
 
+    from .actions import status_text
+
     def do_run(*values, progress=gr.Progress()):
         try:
             items, text = run_plot(ctx, *split(values), progress=progress)
-            return (items or compat.update()), text
+            out = [(items or compat.update()), text]
         except SuperMergerError as e:
-            return compat.update(), "Error: " + ctx.message(e)
+            out = [compat.update(), "Error: " + ctx.message(e)]
         except Exception as e:  # noqa: BLE001 - a bug: logged with its traceback, shown as one line
             log.exception("XYZ plot failed")
-            return compat.update(), "Error: " + ctx.message(e)
+            out = [compat.update(), "Error: " + ctx.message(e)]
+        return out + ([status_text(ctx)] if ctx.status is not None else [])
 
     def do_reserve(*values):
         try:
@@ -220,7 +225,8 @@ def build(ctx: UIContext) -> None:
         except SuperMergerError as e:
             return "Error: " + ctx.message(e)
 
-    run_btn.click(do_run, inputs, [ctx.gallery, status])
+    # the Merge tab's status too: the live model is the plot's last cell now
+    run_btn.click(do_run, inputs, [ctx.gallery, status] + ([ctx.status] if ctx.status is not None else []))
     reserve_btn.click(do_reserve, inputs, status)
     stop_btn.click(lambda: ctx.stop.set(), None, None, queue=False)
     minus.change(lambda n: minus_ones(n), minus, c["xvalues"])

@@ -23,7 +23,7 @@ from ..merge import adjust as adjustmod
 from ..merge.calcmodes import calcmode_names, get_calcmode
 from ..merge.elemental import parse_elemental
 from ..merge.recipe import Recipe
-from ..merge.weights import RANDOM_TOKENS, format_weights, is_number, parse_weights, weight_items, list_names
+from ..merge.weights import RANDOM_TOKENS, format_weights, is_number, number, parse_weights, weight_items, list_names
 
 SEED_LIMIT = 2 ** 32 - 1
 ADJUST_LABELS = {"COL1": "COL1(Cyan-Red)", "COL2": "COL2(Magenta-Green)", "COL3": "COL3(Yellow-Blue)"}
@@ -122,7 +122,7 @@ def _parse_floats(axis: str):
         for pos, item in comma_items(text):
             if not is_number(item):
                 raise _err(ctx, axis, pos, item, "not a number.", "Give comma-separated numbers, e.g. 0.25,0.5,0.75.")
-            out.append(AxisValue(item, float(item)))
+            out.append(AxisValue(item, number(item)))
         return out
     return parse
 
@@ -149,7 +149,7 @@ def _parse_alpha_beta(text: str, ctx: ParseContext) -> list[AxisValue]:
         if not 1 <= len(parts) <= 2 or not all(is_number(p) for p in parts):
             raise _err(ctx, "alpha and beta", pos, item, "expected 'ALPHA BETA' (two numbers separated by a space) "
                        "or one number for both.", "Example: 0,0.5 0.1,0.3 0.4")
-        a, b = float(parts[0]), float(parts[-1])
+        a, b = number(parts[0]), number(parts[-1])
         out.append(AxisValue(item, (a, b)))
     return out
 

@@ -6,6 +6,9 @@ import argparse
 import sys
 import textwrap
 
+from ..merge.weights import finite_float
+
+
 EXAMPLES = textwrap.dedent("""\
     examples:
       supermerger lora to-checkpoint -m model.safetensors style.safetensors:0.8 detail.safetensors:0.5:OUTD -o out.safetensors
@@ -17,6 +20,7 @@ EXAMPLES = textwrap.dedent("""\
       supermerger lora dims ~/loras --csv loradims.csv
     LoRA items are name[:ratio[:blocks]]; blocks = an LBW preset (`supermerger lora presets`) or 12/17/20/26 values.
     """)
+
 
 MAX_LISTED = 20
 
@@ -43,7 +47,7 @@ def add_parser(sub) -> None:
         q.add_argument("--svd", choices=("full", "lowrank"), default="full",
                        help="full SVD (exact truncation, default) or randomised low-rank SVD (faster, seeded)")
         q.add_argument("--seed", type=int, default=0, help="seed of the low-rank SVD (default 0)")
-        q.add_argument("--clamp-quantile", type=float, default=0.99, metavar="Q",
+        q.add_argument("--clamp-quantile", type=finite_float, default=0.99, metavar="Q",
                        help="clamp factors to this quantile of their values, as kohya does (default 0.99; 1 = off)")
 
     def save_opts(q) -> None:
@@ -80,8 +84,8 @@ def add_parser(sub) -> None:
     q.add_argument("-a", "--model-a", required=True, help="model A, the tuned model")
     q.add_argument("-b", "--model-b", required=True, help="model B, the original")
     common(q, "output .safetensors (default lora_A-B.safetensors)")
-    q.add_argument("--alpha", type=float, default=1.0, help="multiplier of A (default 1)")
-    q.add_argument("--beta", type=float, default=1.0, help="multiplier of B (default 1)")
+    q.add_argument("--alpha", type=finite_float, default=1.0, help="multiplier of A (default 1)")
+    q.add_argument("--beta", type=finite_float, default=1.0, help="multiplier of B (default 1)")
     q.add_argument("--dim", type=int, default=128, help="rank of the LoRA (default 128)")
     q.add_argument("--conv-dim", type=int, help="also extract the 3×3 convolutions at this rank (a LoCon)")
     q.add_argument("--precision", choices=("fp16", "bf16", "fp32"), default="fp16", help="save precision (fp16)")
@@ -91,9 +95,9 @@ def add_parser(sub) -> None:
     q = lsub.add_parser("extract", help="extract from two LoRAs: lerp(a, b, alpha)·lerp(d, 1−d, beta)")
     lora_items(q)
     common(q, "output .safetensors (default extract_A-B.safetensors)")
-    q.add_argument("--alpha", type=float, default=1.0, help="alpha (default 1)")
-    q.add_argument("--beta", type=float, default=1.0, help="beta (default 1)")
-    q.add_argument("--gamma", type=float, default=1.0, help="gamma, the smoothness (default 1)")
+    q.add_argument("--alpha", type=finite_float, default=1.0, help="alpha (default 1)")
+    q.add_argument("--beta", type=finite_float, default=1.0, help="beta (default 1)")
+    q.add_argument("--gamma", type=finite_float, default=1.0, help="gamma, the smoothness (default 1)")
     q.add_argument("--same-to-strength", action="store_true", help="scale each LoRA exactly by its ratio")
     save_opts(q)
 
@@ -106,7 +110,7 @@ def add_parser(sub) -> None:
     p.set_defaults(lora_parser=p)
 
 
-def run(args) -> int:
+def cmd_lora(args) -> int:
     handlers = {"to-checkpoint": _to_checkpoint, "merge": _merge, "make": _make, "extract": _extract,
                 "dims": _dims, "presets": _presets}
     if args.lora_command is None:
@@ -147,7 +151,7 @@ def _progress(quiet: bool, desc: str, unit: str = "B"):
 
 def _to_checkpoint(args) -> int:
     from ..merge.naming import default_filename
-    from .to_checkpoint import close_plan, merge_to_checkpoint, plan_to_checkpoint
+    from ..lora.to_checkpoint import close_plan, merge_to_checkpoint, plan_to_checkpoint
 
     if args.dry_run:
         plan = plan_to_checkpoint(args.model, _specs(args), lora_dirs=args.lora_dir, strict=args.strict)
@@ -162,8 +166,8 @@ def _to_checkpoint(args) -> int:
         return 0
     output = args.output
     if output is None:
-        from .files import find_lora
-        from .blocks import parse_specs
+        from ..lora.files import find_lora
+        from ..lora.blocks import parse_specs
         from ..io.sources import model_name
 
         names = [model_name(args.model)]
@@ -190,7 +194,7 @@ def _to_checkpoint(args) -> int:
 def _default_lora_output(args, prefix: str = "") -> str:
     from ..io.sources import model_name
     from ..merge.naming import default_filename
-    from .blocks import parse_specs
+    from ..lora.blocks import parse_specs
 
     parts = []
     for s in parse_specs(_specs(args)):
@@ -211,7 +215,7 @@ def _report(result, what: str) -> int:
 
 
 def _merge(args) -> int:
-    from .merge_loras import merge_loras
+    from ..lora.merge_loras import merge_loras
 
     output = args.output or _default_lora_output(args)
     result = merge_loras(_specs(args), output, mode=args.mode, dim=args.dim, same_to_strength=args.same_to_strength,
@@ -227,7 +231,7 @@ def _clamp(q: float) -> float | None:
 
 def _make(args) -> int:
     from ..io.sources import model_name
-    from .make import make_lora
+    from ..lora.make import make_lora
 
     output = args.output
     if output is None:
@@ -246,7 +250,7 @@ def _make(args) -> int:
 
 
 def _extract(args) -> int:
-    from .merge_loras import extract_loras
+    from ..lora.merge_loras import extract_loras
 
     output = args.output or _default_lora_output(args, "extract_")
     result = extract_loras(_specs(args), output, alpha=args.alpha, beta=args.beta, gamma=args.gamma,
@@ -257,7 +261,7 @@ def _extract(args) -> int:
 
 
 def _dims(args) -> int:
-    from .dims import lora_dims, write_csv
+    from ..lora.dims import lora_dims, write_csv
 
     found = lora_dims(args.folder, use_cache=not args.no_cache)
     infos = [i for i in found if i.is_lora]
@@ -278,7 +282,7 @@ def _dims(args) -> int:
 
 
 def _presets(args) -> int:
-    from .blocks import lbw_formats, load_lbw_presets, user_lbw_presets_path
+    from ..lora.blocks import lbw_formats, load_lbw_presets, user_lbw_presets_path
 
     for name, weights in load_lbw_presets().items():
         print(f"{name:<12} ({len(weights.split(',')):2d}) {weights}")

@@ -10,7 +10,10 @@ import threading
 from pathlib import Path
 
 from ..errors import SuperMergerError
-from .axes import XYZError, axis_type, type_names
+from ..hosts.requirements import check_standalone
+from ..xyplot.axes import XYZError, axis_type, type_names
+from .common import _add_image_args, _add_merge_args, recipe_and_params
+
 
 XYZ_EXAMPLES = textwrap.dedent("""\
     examples:
@@ -52,9 +55,6 @@ def add_parsers(sub) -> None:
 
 
 def _add_plot_args(p: argparse.ArgumentParser) -> None:
-    from ..cli import _add_merge_args
-    from ..gen_cli import _add_image_args
-
     g = p.add_argument_group("axes")
     for pos in "xyz":
         g.add_argument(f"--{pos}", metavar="TYPE:VALUES", help=f"the {pos.upper()} axis, e.g. \"alpha:0,0.5,1\"")
@@ -74,9 +74,11 @@ def _add_plot_args(p: argparse.ArgumentParser) -> None:
 
 
 # -- building the plot ------------------------------------------------------------------------------------
+
+
 def parse_axis_arg(text: str, pos: str):
     """``TYPE:VALUES`` (VALUES may be ``@FILE``) as an Axis."""
-    from .plan import Axis
+    from ..xyplot.plan import Axis
 
     name, sep, values = text.partition(":")
     if not sep:
@@ -92,8 +94,8 @@ def parse_axis_arg(text: str, pos: str):
 
 
 def plot_from_args(args):
-    from . import presets
-    from .plan import XYZPlot
+    from ..xyplot import presets
+    from ..xyplot.plan import XYZPlot
 
     plot = presets.load(args.preset) if args.preset else XYZPlot(x=_none())
     for pos in "xyz":
@@ -111,22 +113,19 @@ def plot_from_args(args):
 
 
 def _none():
-    from .plan import Axis
+    from ..xyplot.plan import Axis
 
     return Axis()
 
 
 def _settings(args):
     """(plot, recipe, params) from the options; the demo models when no model is named."""
-    from ..gen_cli import recipe_and_params
-
     plot = plot_from_args(args)  # a malformed axis fails first
     recipe, params = recipe_and_params(args)
     return plot, recipe, params
 
 
 def _host(device: str | None, models_dirs):
-    from ..gen_cli import check_standalone
     from ..hosts.cache import ModelCache
     from ..hosts.diffusers_host import DiffusersHost
 
@@ -153,11 +152,13 @@ def _grid_paths(out: Path, n: int) -> list[Path]:
 
 
 # -- commands ----------------------------------------------------------------------------------------------
+
+
 def cmd_xyz(args) -> int:
     from ..io.atomic import check_output_path
-    from .plan import arch_for, plan, split_reservations
-    from .queue import ReservationQueue
-    from .runner import model_resolver, run
+    from ..xyplot.plan import arch_for, plan, split_reservations
+    from ..xyplot.queue import ReservationQueue
+    from ..xyplot.runner import model_resolver, run
 
     plot, recipe, params = _settings(args)
     if args.reserve:
@@ -203,8 +204,8 @@ def cmd_xyz(args) -> int:
         print("interrupted: no grid was written.")
         return 130
     if grid_paths is not None:
-        from .grid import save_grid
-        from .runner import plot_parameters
+        from ..xyplot.grid import save_grid
+        from ..xyplot.runner import plot_parameters
 
         text, data = plot_parameters(result)
         for k, (grid, path) in enumerate(zip(result.grids, grid_paths)):
@@ -221,7 +222,7 @@ def cmd_xyz(args) -> int:
 
 
 def cmd_queue(args) -> int:
-    from .queue import COLUMNS, ReservationQueue, plot_runner
+    from ..xyplot.queue import COLUMNS, ReservationQueue, plot_runner
 
     q = ReservationQueue()
     if args.queue_command is None:
