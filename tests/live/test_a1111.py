@@ -295,6 +295,9 @@ def test_other_checkpoint_forgets_the_merge(a1111, ui):
     host = a1111
     ui.tab("Merge")
     set_gen(ui)  # (the page was reloaded)
+    ui.pick("supermerger_model_a", "tinyA")
+    ui.pick("supermerger_model_b", "tinyB")
+    ui.fill("supermerger_alpha", 0.3)
     ui.click("supermerger_merge")  # a merge again (alpha 0.3) ...
     ui.wait_value("supermerger_status", r"Merged in")
     ui.pick("setting_sd_model_checkpoint", "tinyC")  # ... then the user's own choice
@@ -348,10 +351,10 @@ def test_mbw_preset_elemental_and_calcmode(a1111, ui):
     ui.page.locator("#supermerger_use_mbw input").uncheck()
     # an elemental entry on top of alpha 0.3
     ui.accordion("supermerger_elemental_accordion")
-    ui.fill("supermerger_elemental", "OUT03:attn2:0.9")
-    ui.wait_value("supermerger_elemental_check", r"OUT03")
+    ui.fill("supermerger_elemental", "OUT11:out_layers:1")
+    ui.wait_value("supermerger_elemental_check", r"OUT11")
     _, el_pixels = merge_in_tab(ui, host)
-    assert history_rows(host)[-1]["elemental"] == "OUT03:attn2:0.9"
+    assert history_rows(host)[-1]["elemental"] == "OUT11:out_layers:1"
     assert el_pixels != STATE["merged"]
     ui.fill("supermerger_elemental", "")
     # a calcmode
