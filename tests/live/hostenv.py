@@ -199,20 +199,20 @@ class Server:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return json.loads(r.read() or b"null")
 
-    def rss_bytes(self) -> int:
-        """Resident memory of the server process (``/proc``)."""
+    def _status_bytes(self, field: str) -> int:
         with open(f"/proc/{self.proc.pid}/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) * 1024
         return 0
 
+    def rss_bytes(self) -> int:
+        """Resident memory of the server process now."""
+        return self._status_bytes("VmRSS")
+
     def peak_rss_bytes(self) -> int:
-        with open(f"/proc/{self.proc.pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-        return 0
+        """Its peak resident memory (since the start, or since ``reset_peak``)."""
+        return self._status_bytes("VmHWM")
 
     def reset_peak(self) -> None:
         """Resets VmHWM (Linux ≥ 4.0: writing 5 to clear_refs)."""
