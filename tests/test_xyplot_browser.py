@@ -54,6 +54,12 @@ def test_xyz_plot_and_reservations_in_the_browser(app_url):
         page.locator("#supermerger_queue_reload").click()
         table = page.locator("#supermerger_queue_table")
         expect(table).to_contain_text("waiting", timeout=30_000)
+        # the number box starts empty: one click on Delete no longer wipes the queue (it defaulted to -1)
+        expect(page.locator("#supermerger_queue_number input")).to_have_value(re.compile(r"^0?$"))
+        page.locator("#supermerger_queue_delete").click()
+        expect(page.locator("#supermerger_queue_status textarea")).to_have_value(
+            re.compile(r"^Type the number"), timeout=30_000)
+        assert len(ReservationQueue().list()) == 1
         page.locator("#supermerger_queue_start").click()
         expect(page.locator("#supermerger_queue_status textarea")).to_have_value(
             re.compile(r"Reservation 1: finished"), timeout=90_000)

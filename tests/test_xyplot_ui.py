@@ -95,6 +95,9 @@ def test_run_reserve_split_and_the_reservation_tab(app_ctx):
     assert ctx.last_recipe is None
     assert "Reservation 2: error (X axis (calcmode), item 2 ('cosineQ')" in text
     assert "Reservation 3: finished" in text and len(items) == 2  # two single images ("not save grid")
+    # the box starts empty: Delete without a number deletes nothing
+    for empty in (None, "", 0):
+        assert reservation_tab.delete(empty).startswith("Type the number") and len(reservation_tab.table_rows()) == 3
     assert reservation_tab.delete(1) == "Deleted 1 reservation."
     assert reservation_tab.delete(-1) == "Deleted 2 reservations." and reservation_tab.table_rows() == []
     assert reservation_tab.start(ctx) == ([], "No reservation is waiting.")

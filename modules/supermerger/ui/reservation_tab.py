@@ -1,5 +1,5 @@
 """The Reservation tab (spec §6): the queue of reserved XYZ plots as a table, Reload, Start (runs
-every waiting reservation in order), Delete one (its number) or all (-1). The queue lives on disk
+every waiting reservation in order), Delete one (its number) or all (-1; the box starts empty). The queue lives on disk
 (``supermerger.xyplot.queue``), so it survives a restart and the CLI's `supermerger queue` sees it too.
 """
 
@@ -22,6 +22,10 @@ def table_rows() -> list[list]:
 
 
 def delete(number) -> str:
+    """Delete reservation ``number`` (-1: all of them); with no number, nothing (the box starts empty, so
+    one click never wipes the queue)."""
+    if number is None or str(number).strip() == "" or float(number) == 0:  # an empty box reads 0 in some Gradios
+        return "Type the number of the reservation to delete (-1 deletes them all)."
     n = int(number)
     gone = ReservationQueue().delete(-1 if n < 0 else n)
     return f"Deleted {gone} reservation{'s' if gone != 1 else ''}."
@@ -52,7 +56,8 @@ def build(ctx: UIContext) -> None:
         reload_btn = gr.Button("Reload list", elem_id="supermerger_queue_reload")
         start_btn = gr.Button("Start XY plot", variant="primary", elem_id="supermerger_queue_start")
         stop_btn = gr.Button("Stop", variant="stop", elem_id="supermerger_queue_stop")
-        number = gr.Number(-1, label="Delete list (-1 for all)", precision=0, elem_id="supermerger_queue_number")
+        number = gr.Number(None, label="Reservation No. to delete (-1: all)", precision=0,
+                           elem_id="supermerger_queue_number")
         delete_btn = gr.Button("Delete", elem_id="supermerger_queue_delete")
     status = gr.Textbox("", label="Status", interactive=False, lines=2, elem_id="supermerger_queue_status")
     table = gr.Dataframe(headers=list(COLUMNS), value=_safe_rows(), interactive=False, wrap=True,
