@@ -140,6 +140,18 @@ def gib(n: int) -> float:
     return round(n / 2**30, 2)
 
 
+
+def measured_press(forge, page, button: str, label: str) -> str:
+    """Press ``button`` and record in ``figures`` its wall time and Forge's resident memory before,
+    after and at the peak (reset just before); returns the status text."""
+    forge.server.reset_peak()
+    figures[f"rss_before_{label}_gib"] = gib(forge.server.rss_bytes())
+    text, seconds = press(page, button)
+    figures[f"{label}_wall_s"] = round(seconds, 1)
+    figures[f"rss_after_{label}_gib"] = gib(forge.server.rss_bytes())
+    figures[f"rss_peak_{label}_gib"] = gib(forge.server.peak_rss_bytes())
+    return text
+
 def write_figures() -> None:
     folder = Path(os.environ.get("SUPERMERGER_LIVE_FIGURES") or tempfile.gettempdir())
     folder.mkdir(parents=True, exist_ok=True)
@@ -226,12 +238,7 @@ def test_first_merge_builds_model_a_and_names_its_id(forge, page):
     pick(page, "supermerger_scheduler", "Automatic")
 
     mark = forge.server.mark()
-    forge.server.reset_peak()
-    figures["rss_before_first_merge_gib"] = gib(forge.server.rss_bytes())
-    text, seconds = press(page, "supermerger_merge_gen")
-    figures["first_merge_and_gen_wall_s"] = round(seconds, 1)
-    figures["rss_after_first_merge_gib"] = gib(forge.server.rss_bytes())
-    figures["rss_peak_first_merge_gib"] = gib(forge.server.peak_rss_bytes())
+    text = measured_press(forge, page, "supermerger_merge_gen", "first_merge_and_gen")
     assert "Error" not in text, text
     name, hid = live_merge(text)
     # model A was built (once), not the checkpoint that happened to be selected
@@ -261,12 +268,7 @@ def test_hot_swap_over_a_lora_and_forge_txt2img_uses_it(forge, page):
     files = sorted(p.name for p in forge.ckpt_dir.iterdir())
     set_number(page, "supermerger_alpha", ALPHA)
     mark = forge.server.mark()
-    forge.server.reset_peak()
-    figures["rss_before_hot_swap_gib"] = gib(forge.server.rss_bytes())
-    text, seconds = press(page, "supermerger_merge")
-    figures["hot_swap_merge_wall_s"] = round(seconds, 1)
-    figures["rss_after_hot_swap_gib"] = gib(forge.server.rss_bytes())
-    figures["rss_peak_hot_swap_gib"] = gib(forge.server.peak_rss_bytes())
+    text = measured_press(forge, page, "supermerger_merge", "hot_swap_merge")
     assert "Error" not in text, text
     figures["hot_swap_merge_s"] = float(re.search(r"Merged in ([\d.]+) s", text).group(1))
     name, hid = live_merge(text)
