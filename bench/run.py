@@ -22,6 +22,7 @@ after another floor: whoever runs next inherits the previous writer's page-cache
   calcmodes      every calcmode in the registry, file to file, against weight sum in the same pair
 
 Results are printed and saved to bench/out/results.json; child output goes to bench/out/bench.log.
+The peers (sd-mecha, sd-meh) run beside us on the same files in bench/peers.py.
 """
 
 from __future__ import annotations
@@ -128,16 +129,6 @@ def floor(inputs: list[Path], out: Path, output: str = "fresh") -> Variant:
     return Variant("floor", ["sh", "-c", sh], None, prepare(*inputs, out=out, output=output))
 
 
-def mecha(mode: str, inputs: list[Path], out: Path, output: str = "fresh") -> Variant | None:
-    """sd-mecha beside us, when it is installed (optional)."""
-    import importlib.util
-
-    if importlib.util.find_spec("sd_mecha") is None:
-        return None
-    cmd = [PY, str(HERE / "mecha_merge.py"), mode, str(out)] + [str(p) for p in inputs]
-    return Variant("sd-mecha", cmd, None, prepare(*inputs, out=out, output=output), 600)
-
-
 def file_case(name: str, arch: str, mode: str, labels: str, args, results: dict, cold: bool = False) -> None:
     inputs = [checkpoint(arch, label) for label in labels]
     out = DATA / "out" / "merged.safetensors"
@@ -159,11 +150,6 @@ def file_case(name: str, arch: str, mode: str, labels: str, args, results: dict,
         row["startup_s"] = [r.wall for r in st.runs]
         row["startup_floor_s"] = [r.wall for r in b3.runs]
         row["startup_ratio"] = st_ratios
-        m = mecha(mode, inputs, out, args.output) if args.mecha else None
-        if m is not None:
-            say("  sd-mecha beside the same floor:")
-            b2 = floor(inputs, out, args.output)
-            row["sd-mecha"] = summarise(m, b2, alternate(m, b2, min(args.pairs, 3), 1, log, say))
     row["load_end"] = load_average()
     results[name] = row
     shutil.rmtree(home, ignore_errors=True)
@@ -265,7 +251,6 @@ def main() -> None:
     ap.add_argument("--output", choices=("fresh", "replace"), default="fresh",
                     help="before each run the output is deleted (fresh, default) or rewritten by dd, so that "
                     "every run replaces an existing file (replace)")
-    ap.add_argument("--no-mecha", dest="mecha", action="store_false", help="skip sd-mecha even if installed")
     args = ap.parse_args()
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
     bad = [c for c in cases if c not in ALL_CASES]
